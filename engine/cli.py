@@ -1,0 +1,145 @@
+"""`moe-engine` / `python -m engine`: a thin CLI over the engine library.
+
+Each subcommand's help is the docstring of its handler; handlers only parse, call the library
+and print. Errors the engine raises on purpose print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.errors import EngineError
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic HF-layout MoE checkpoint with planted routing structure.
+
+    Weights are random, routing is not: popularity skew, topic persistence across consecutive
+    tokens and cross-layer predictability are planted so caches and prefetch behave as in real
+    models. Presets: tiny (tests, a few MB), small (demo, ~400 MB), bench (GBs, I/O-bound).
+    """
+    from engine.synth import synthesize
+
+    out = synthesize(
+        Path(args.out), family=args.family, preset=args.preset, seed=args.seed, force=args.force
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Pack an HF or mlx-community checkpoint into a streaming expert store.
+
+    Non-expert weights are copied once; each MoE layer's experts go to one file, every expert
+    contiguous and 4096-aligned, with a manifest of offsets and checksums. Packing streams tensor
+    by tensor (bounded RAM) into a temp dir that is renamed into place at the end.
+    """
+    from engine.pack import pack
+
+    store = pack(
+        Path(args.model),
+        Path(args.store),
+        bits=args.bits,
+        group_size=args.group_size,
+        layout=args.layout,
+        force=args.force,
+    )
+    print(
+        f"packed {store.root}: {len(store.layers)} MoE layers x {store.num_experts} experts, "
+        f"{store.bits}-bit, layout {store.layout}"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a store's manifest and every expert checksum; exit non-zero naming what is bad."""
+    from engine.verify import verify
+
+    report = verify(Path(args.store))
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Generate greedily from a packed store, streaming experts under the config's budget."""
+    from engine.run_cmd import run_command
+
+    return run_command(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthesize a small model, pack it, verify it and run it: the quick start's main job."""
+    from engine.demo import demo
+
+    return demo(Path(args.out))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moe-engine", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        doc = fn.__doc__ or ""
+        sp = sub.add_parser(
+            name,
+            help=doc.splitlines()[0],
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("synth", cmd_synth)
+    sp.add_argument("out", help="output checkpoint directory")
+    sp.add_argument(
+        "--family", required=True, choices=["qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe"]
+    )
+    sp.add_argument("--preset", default="tiny", choices=["tiny", "small", "bench"])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+    sp = add("pack", cmd_pack)
+    sp.add_argument("model", help="HF or mlx-community checkpoint directory")
+    sp.add_argument("store", help="output store directory")
+    sp.add_argument("--bits", type=int, default=16, choices=[16, 8, 4, 3, 2])
+    sp.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128])
+    sp.add_argument("--layout", default="natural", choices=["natural", "coactivation"])
+    sp.add_argument("--force", action="store_true", help="replace STORE if it exists")
+
+    sp = add("verify", cmd_verify)
+    sp.add_argument("store", help="store directory")
+
+    sp = add("run", cmd_run)
+    sp.add_argument("store", help="store directory")
+    sp.add_argument("--config", help="EngineConfig TOML (e.g. an exported tuned.toml)")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="prompt text (needs a tokenizer in the store)")
+    g.add_argument("--prompt-ids", help="comma-separated token ids, e.g. 1,2,3")
+    sp.add_argument("--max-tokens", type=int, default=32)
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument(
+        "--force", action="store_true", help="run a tuned config on a store it was not tuned for"
+    )
+
+    sp = add("demo", cmd_demo)
+    sp.add_argument("--out", default="demo_out", help="working directory for the demo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

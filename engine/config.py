@@ -1,0 +1,181 @@
+"""EngineConfig: every engine knob in one frozen dataclass, validated at construction.
+
+This is the only contract between the engine and the search loop: a trial is an EngineConfig,
+an exported tuned file is an EngineConfig TOML (`[engine]` table; other tables are provenance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from engine.errors import ConfigError
+
+CACHE_POLICIES = ("lru", "lfu", "pinned")
+IO_MODES = ("direct", "buffered", "mmap")
+PREFETCH_MODES = ("none", "next_layer", "previous_token")
+QUANT_BITS = (16, 8, 4, 3, 2)
+QUANT_GROUP_SIZES = (32, 64, 128)
+LAYOUTS = ("natural", "coactivation")
+COMPUTE_DTYPES = ("model", "float32")
+ALIGN = 4096  # O_DIRECT needs buffers, offsets and sizes aligned to the logical block size
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Knobs of one engine run. Field names are fixed by DESIGN.md; each says why it exists."""
+
+    # Expert cache budget in bytes; 0 = no engine cache (rely on the OS page cache or nothing).
+    cache_bytes: int = 2 * GiB
+    # Eviction: lru, lfu, or pinned (a hot set from the store's routing profile + LRU for the rest).
+    cache_policy: str = "lru"
+    # Share of cache_bytes given to the pinned hot set when cache_policy = "pinned".
+    pinned_fraction: float = 0.5
+    # How expert bytes are read: direct (O_DIRECT, no page cache), buffered (pread), mmap.
+    io_mode: str = "buffered"
+    # Largest single read; a bigger expert is split into chunks read in parallel.
+    read_chunk_bytes: int = 1 * MiB
+    # Reader threads, i.e. the I/O queue depth.
+    io_threads: int = 4
+    # Speculative loading: none, next_layer (next layer's router on the current hidden state),
+    # previous_token (the experts the previous token used). Never changes outputs.
+    prefetch: str = "none"
+    # How many layers ahead prefetch looks.
+    prefetch_depth: int = 1
+    # Experts fetched per predicted layer; 0 = the model's top-k.
+    prefetch_width: int = 0
+    # Override the model's top-k (fewer experts = faster, lower quality); None = model's own.
+    experts_per_token: int | None = None
+    # Store variant: bits per expert weight (16 = unquantized); None = whatever the store holds.
+    quant_bits: int | None = None
+    # Store variant: quantization group size; None = whatever the store holds.
+    quant_group_size: int | None = None
+    # Store variant: expert order on disk; None = whatever the store holds.
+    layout: str | None = None
+    # Hard RAM budget for the whole run (process RSS + engine cache + the store's page-cache
+    # pages); None = unlimited. Enforced by shrinking caches and evicting pages.
+    memory_budget_bytes: int | None = None
+    # Activation dtype for expert matmuls: "model" (the checkpoint's dtype, matches mlx-lm) or
+    # "float32" (MLX's CPU kernels are much faster with fp32 activations).
+    compute_dtype: str = "model"
+
+    def __post_init__(self) -> None:
+        _check_int("cache_bytes", self.cache_bytes, minimum=0)
+        _check_choice("cache_policy", self.cache_policy, CACHE_POLICIES)
+        if not isinstance(self.pinned_fraction, int | float) or isinstance(
+            self.pinned_fraction, bool
+        ):
+            raise ConfigError(
+                f"pinned_fraction must be a number in [0, 1], got {self.pinned_fraction!r}"
+            )
+        if not 0.0 <= float(self.pinned_fraction) <= 1.0:
+            raise ConfigError(f"pinned_fraction must be in [0, 1], got {self.pinned_fraction!r}")
+        _check_choice("io_mode", self.io_mode, IO_MODES)
+        _check_int("read_chunk_bytes", self.read_chunk_bytes, minimum=ALIGN)
+        if self.read_chunk_bytes % ALIGN:
+            raise ConfigError(
+                f"read_chunk_bytes must be a multiple of {ALIGN} (O_DIRECT alignment), "
+                f"got {self.read_chunk_bytes}"
+            )
+        _check_int("io_threads", self.io_threads, minimum=1, maximum=256)
+        _check_choice("prefetch", self.prefetch, PREFETCH_MODES)
+        _check_int("prefetch_depth", self.prefetch_depth, minimum=0, maximum=64)
+        _check_int("prefetch_width", self.prefetch_width, minimum=0, maximum=4096)
+        if self.experts_per_token is not None:
+            _check_int("experts_per_token", self.experts_per_token, minimum=1, maximum=4096)
+        if self.quant_bits is not None:
+            _check_choice("quant_bits", self.quant_bits, QUANT_BITS)
+        if self.quant_group_size is not None:
+            _check_choice("quant_group_size", self.quant_group_size, QUANT_GROUP_SIZES)
+        if self.layout is not None:
+            _check_choice("layout", self.layout, LAYOUTS)
+        if self.memory_budget_bytes is not None:
+            _check_int("memory_budget_bytes", self.memory_budget_bytes, minimum=1)
+        _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+
+    # ---- conversions -------------------------------------------------------------------------
+
+    @classmethod
+    def knob_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Knobs as plain values; unset optional knobs are omitted (TOML has no null)."""
+        out = {}
+        for name in self.knob_names():
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> EngineConfig:
+        unknown = sorted(set(data) - set(cls.knob_names()))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown knob(s) {', '.join(unknown)}; "
+                f"known knobs are {', '.join(cls.knob_names())}"
+            )
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_toml(self, path: str | Path, extra_tables: dict[str, Any] | None = None) -> None:
+        """Write `[engine]` plus optional provenance tables; atomic so a crash leaves no stub."""
+        path = Path(path)
+        doc: dict[str, Any] = {"engine": self.to_dict()}
+        if extra_tables:
+            doc.update(extra_tables)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(tomli_w.dumps(doc))
+        tmp.replace(path)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> EngineConfig:
+        """Read the `[engine]` table of a config TOML (a bare table of knobs works too)."""
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        table = doc.get("engine", None)
+        if table is None:
+            table = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [engine] must be a table of knobs")
+        return cls.from_dict(table, source=f"{path} [engine]")
+
+
+def load_provenance(path: str | Path) -> dict[str, Any]:
+    """Every table except `[engine]` of a config TOML (empty when there is none)."""
+    doc = tomllib.loads(Path(path).read_text())
+    return {k: v for k, v in doc.items() if k != "engine" and isinstance(v, dict)}
+
+
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if isinstance(value, bool) or value not in allowed:
+        raise ConfigError(
+            f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+        )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import mlx.core as mx
 import mlx.nn as nn
 
 from engine.errors import UnsupportedModel
@@ -27,6 +28,9 @@ class Family:
     set_top_k: Callable[[nn.Module, int], None]
     # Reads the model's own top-k from that block.
     get_top_k: Callable[[nn.Module], int]
+    # Routing scores of the block for hidden states x (T, D) -> (T, E); top-k of them is chosen.
+    # Used by next_layer prefetch to apply a later layer's router to the current hidden state.
+    router_scores: Callable[[nn.Module, mx.array], mx.array] = lambda block, x: block.gate(x)
 
     @property
     def mlx_projections(self) -> tuple[str, ...]:
@@ -66,6 +70,12 @@ def _get_gate_top_k(block: nn.Module) -> int:
     return int(block.gate.top_k)
 
 
+def _deepseek_scores(block: nn.Module, x: mx.array) -> mx.array:
+    # Mirrors mlx-lm's group_expert_select: sigmoid scores plus the correction bias pick top-k.
+    gate = block.gate
+    return mx.sigmoid((x @ gate.weight.T).astype(mx.float32)) + gate.e_score_correction_bias
+
+
 _GLU = (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("down_proj", "down_proj"))
 
 FAMILIES: dict[str, Family] = {
@@ -83,7 +93,12 @@ FAMILIES: dict[str, Family] = {
         _attr_getter("num_experts_per_tok"),
     ),
     "deepseek_v3": Family(
-        "deepseek_v3", _GLU, "n_routed_experts", _set_gate_top_k, _get_gate_top_k
+        "deepseek_v3",
+        _GLU,
+        "n_routed_experts",
+        _set_gate_top_k,
+        _get_gate_top_k,
+        _deepseek_scores,
     ),
 }
 

@@ -1,0 +1,97 @@
+"""Model assembly: mlx-lm's architecture with every stacked expert block made a streaming one.
+
+mlx-lm builds the skeleton from the store's config.json and loads the non-expert weights with
+its own `load_model` (sanitize, quantization, strict key check); our model class only swaps each
+`switch_mlp` for a parameterless StreamingSwitchGLU before the weights are loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.switch_layers import SwitchGLU
+from mlx_lm.utils import load_model
+
+from engine.errors import CheckpointError, ConfigError, StoreError
+from engine.families import Family, family_for, model_classes, moe_blocks
+from engine.store import Store
+from engine.streaming import StreamingSwitchGLU
+
+
+def _streaming_classes(quant: tuple[int, int] | None):
+    """A `get_model_classes` for mlx-lm's load_model that returns a streaming subclass."""
+
+    def get_classes(config: dict[str, Any]) -> tuple[type, type]:
+        model_cls, args_cls = model_classes(config)
+
+        class StreamingModel(model_cls):  # type: ignore[misc, valid-type]
+            def __init__(self, args: Any) -> None:
+                super().__init__(args)
+                for layer, path, block in moe_blocks(self):
+                    orig = block.switch_mlp
+                    if not isinstance(orig, SwitchGLU):
+                        raise CheckpointError(
+                            f"{path}.switch_mlp is {type(orig).__name__}; only SwitchGLU "
+                            "expert blocks can stream so far"
+                        )
+                    block.switch_mlp = StreamingSwitchGLU(layer, orig.activation, quant)
+
+        StreamingModel.__name__ = f"Streaming{model_cls.__name__}"
+        return StreamingModel, args_cls
+
+    return get_classes
+
+
+def load_streaming_model(store: Store) -> tuple[nn.Module, dict[str, Any]]:
+    """The store's model with streaming expert blocks (unbound: call `bind_blocks`)."""
+    quant = None if store.bits >= 16 else (store.bits, int(store.group_size or 64))
+    dense = store.dense_dir
+    if not (dense / "config.json").is_file():
+        raise StoreError(f"{dense / 'config.json'}: missing; re-pack the store")
+    try:
+        model, config = load_model(Path(dense), lazy=False, strict=True,
+                                   get_model_classes=_streaming_classes(quant))
+    except ValueError as e:
+        raise StoreError(f"{dense}: non-expert weights do not fit the model ({e})") from e
+    layers = tuple(layer for layer, _, _ in moe_blocks(model))
+    if layers != store.moe_layers:
+        raise StoreError(
+            f"{store.root}: the model has MoE layers {layers} but the store has experts for "
+            f"{store.moe_layers}; re-pack the store"
+        )
+    return model, config
+
+
+def streaming_blocks(model: nn.Module) -> list[StreamingSwitchGLU]:
+    return [block.switch_mlp for _, _, block in moe_blocks(model)]
+
+
+def set_experts_per_token(model: nn.Module, family: Family, k: int, num_experts: int) -> None:
+    """The experts_per_token knob: top-k of every MoE block (the family renormalises as usual)."""
+    if not 1 <= k <= num_experts:
+        raise ConfigError(f"experts_per_token must be in 1..{num_experts} for this model, got {k}")
+    for _, _, block in moe_blocks(model):
+        family.set_top_k(block, k)
+
+
+def model_top_k(model: nn.Module, family: Family) -> int:
+    return family.get_top_k(moe_blocks(model)[0][2])
+
+
+def routers(model: nn.Module, family: Family) -> dict[int, Any]:
+    """MoE layer -> callable giving that layer's routing scores for hidden states x (T, D)."""
+    out = {}
+    for layer, _, block in moe_blocks(model):
+        out[layer] = lambda x, b=block: family.router_scores(b, x)
+    return out
+
+
+def family_of(store: Store) -> Family:
+    return family_for(store.config, source=str(store.dense_dir / "config.json"))
+
+
+def compute_dtype(name: str) -> mx.Dtype | None:
+    return mx.float32 if name == "float32" else None

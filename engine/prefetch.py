@@ -1,0 +1,119 @@
+"""Speculative expert loading: predict the next layers' experts and read them in the background.
+
+Prefetched bytes wait in a small staging area, not in the expert cache, so a wrong guess can
+never evict an expert the model still needs, and outputs cannot change (the bytes are the same
+bytes a demand read returns). Precision/recall are counted on the predicted sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+Key = tuple[int, int]  # (layer, expert)
+Router = Callable[[mx.array], mx.array]  # x (T, D) -> routing scores (T, E); higher = chosen
+
+
+@dataclass
+class PrefetchStats:
+    predicted: int = 0  # experts predicted (summed over predicted layer-steps)
+    used: int = 0  # experts the predicted layer-steps really used
+    correct: int = 0  # predicted and used
+    issued: int = 0  # background reads started (predicted, not cached, not staged)
+    consumed: int = 0  # staged reads that a layer then used
+    wasted: int = 0  # staged reads dropped unused
+
+    @property
+    def precision(self) -> float:
+        return self.correct / self.predicted if self.predicted else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.correct / self.used if self.used else 0.0
+
+
+@dataclass
+class Prefetcher:
+    """Owns the predictions and the staging area; the provider asks it at each MoE layer."""
+
+    mode: str  # "none" | "next_layer" | "previous_token"
+    depth: int
+    width: int  # experts per predicted layer
+    moe_layers: tuple[int, ...]
+    routers: dict[int, Router]  # MoE layer -> its router (for next_layer)
+    submit: Callable[[int, int], Future]  # background read of (layer, expert)
+    is_cached: Callable[[Key], bool]
+    stats: PrefetchStats = field(default_factory=PrefetchStats)
+    _staged: dict[Key, Future] = field(default_factory=dict)
+    _predicted: dict[int, set[int]] = field(default_factory=dict)
+    _last_used: dict[int, list[int]] = field(default_factory=dict)
+    _pos: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._pos = {layer: i for i, layer in enumerate(self.moe_layers)}
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none" and self.depth > 0 and self.width > 0
+
+    @property
+    def staged_count(self) -> int:
+        return len(self._staged)
+
+    def take(self, layer: int, experts: list[int]) -> dict[int, Future]:
+        """Called when `layer` runs: account the prediction, hand over staged reads it uses."""
+        used = set(experts)
+        predicted = self._predicted.pop(layer, None)
+        if predicted is not None:
+            self.stats.predicted += len(predicted)
+            self.stats.used += len(used)
+            self.stats.correct += len(predicted & used)
+        handed: dict[int, Future] = {}
+        for key in [k for k in self._staged if k[0] == layer]:
+            fut = self._staged.pop(key)
+            if key[1] in used:
+                handed[key[1]] = fut
+                self.stats.consumed += 1
+            else:
+                fut.cancel()
+                self.stats.wasted += 1
+        self._last_used[layer] = experts
+        return handed
+
+    def after_fetch(self, layer: int, x: mx.array) -> None:
+        """Predict and start reads for the next `depth` MoE layers, given layer's input x (T, D)."""
+        if not self.active:
+            return
+        pos = self._pos[layer]
+        for target in self.moe_layers[pos + 1 : pos + 1 + self.depth]:
+            guess = self._predict(target, x)
+            if not guess:
+                continue
+            self._predicted.setdefault(target, set()).update(guess)
+            for e in guess:
+                key = (target, e)
+                if key in self._staged or self.is_cached(key):
+                    continue
+                self._staged[key] = self.submit(target, e)
+                self.stats.issued += 1
+
+    def _predict(self, target: int, x: mx.array) -> list[int]:
+        if self.mode == "previous_token":
+            # The previous token's experts at `target` (still recorded: target has not run yet).
+            return self._last_used.get(target, [])[: self.width]
+        scores = self.routers[target](x)  # (T, E)
+        w = min(self.width, scores.shape[-1])
+        top = np.array(mx.argpartition(-scores, kth=w - 1, axis=-1)[..., :w])
+        return sorted({int(e) for e in top.reshape(-1)})
+
+    def drain(self) -> None:
+        """Drop every staged read (end of a run); waits for none of them."""
+        for fut in self._staged.values():
+            fut.cancel()
+        self.stats.wasted += len(self._staged)
+        self._staged.clear()
+        self._predicted.clear()

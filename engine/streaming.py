@@ -1,0 +1,89 @@
+"""StreamingSwitchGLU: mlx-lm's SwitchGLU with weights from an expert provider, not a tensor.
+
+Same call as `mlx_lm.models.switch_layers.SwitchGLU`: `(x, indices) -> y` with x (..., D) and
+indices (..., k) giving y (..., k, D); routing, scoring and the weighted sum stay in mlx-lm's
+MoE block. Only the routed experts' weights are fetched, once per call, through the provider
+(cache -> reader), so the block holds no parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+Weights = dict[str, mx.array]  # 'gate_proj.weight' -> array, plus '.scales'/'.biases' if quantized
+
+
+class Provider(Protocol):
+    def fetch(self, layer: int, experts: list[int], x: mx.array) -> list[Weights]: ...
+
+
+class StreamingSwitchGLU(nn.Module):
+    """Drop-in for SwitchGLU whose expert weights live in an expert store."""
+
+    def __init__(self, layer: int, activation: nn.Module, quant: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.activation = activation
+        # Plain attributes (not arrays/modules) so the block has no parameters to load.
+        self._layer = layer
+        self._quant = quant  # (bits, group_size) of the store's experts, None for 16-bit
+        self._provider: Any = None
+        self._compute_dtype: mx.Dtype | None = None  # None: keep the activations' dtype
+
+    def bind(self, provider: Provider, compute_dtype: mx.Dtype | None) -> None:
+        self._provider = provider
+        self._compute_dtype = compute_dtype
+
+    def _linear(self, x: mx.array, w: Weights, proj: str) -> mx.array:
+        # x: (n, in) -> (n, out); weight (out, in) or quantized (out, in*bits/32)
+        if self._quant is None:
+            return x @ w[f"{proj}.weight"].T
+        bits, group_size = self._quant
+        return mx.quantized_matmul(
+            x,
+            w[f"{proj}.weight"],
+            w[f"{proj}.scales"],
+            w[f"{proj}.biases"],
+            transpose=True,
+            group_size=group_size,
+            bits=bits,
+        )
+
+    def _expert(self, x: mx.array, w: Weights) -> mx.array:
+        up = self._linear(x, w, "up_proj")
+        gate = self._linear(x, w, "gate_proj")
+        return self._linear(self.activation(up, gate), w, "down_proj")
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        if self._provider is None:
+            raise RuntimeError(f"layer {self._layer}: streaming block used before bind()")
+        *lead, d = x.shape
+        k = indices.shape[-1]
+        # Routing must be known before any byte is read: this is the one sync point per layer.
+        flat_idx = np.array(indices.reshape(-1))  # (T*k,)
+        xt = x.reshape(-1, d)  # (T, D)
+        order = np.argsort(flat_idx, kind="stable")
+        uniq, starts = np.unique(flat_idx[order], return_index=True)
+        weights = self._provider.fetch(self._layer, uniq.tolist(), xt)
+        out_dtype = x.dtype
+        if self._compute_dtype is not None:
+            xt = xt.astype(self._compute_dtype)
+        if flat_idx.size == k:
+            # One token (decode): every routed expert sees the same row; no gather needed.
+            by_expert = {int(e): self._expert(xt, w) for e, w in zip(uniq, weights, strict=True)}
+            y = mx.concatenate([by_expert[int(e)] for e in flat_idx], axis=0)  # (k, D)
+        else:
+            # Many tokens (prefill): group (token, slot) pairs by expert, one matmul per expert.
+            token_of = order // k  # token row of each sorted pair
+            ends = [*starts[1:].tolist(), order.size]
+            parts = []
+            for w, s, e in zip(weights, starts.tolist(), ends, strict=True):
+                rows = mx.array(token_of[s:e].astype(np.int32))
+                parts.append(self._expert(xt[rows], w))
+            inv = np.empty_like(order)
+            inv[order] = np.arange(order.size)
+            y = mx.concatenate(parts, axis=0)[mx.array(inv.astype(np.int32))]  # (T*k, D)
+        return y.astype(out_dtype).reshape(*lead, k, d)

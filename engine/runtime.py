@@ -1,0 +1,229 @@
+"""Engine: a packed store + an EngineConfig -> a model that streams its experts, with counters.
+
+This file wires the parts (model, reader, cache, prefetcher, provider) and owns the memory
+budget arithmetic; each part's mechanism lives in its own file.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.cache import ExpertCache
+from engine.config import EngineConfig
+from engine.errors import ConfigError, MemoryBudgetError
+from engine.generate import Generation, generate
+from engine.model import (
+    compute_dtype,
+    family_of,
+    load_streaming_model,
+    model_top_k,
+    routers,
+    set_experts_per_token,
+    streaming_blocks,
+)
+from engine.pagecache import PageCacheBudget, evict, resident_bytes_many
+from engine.prefetch import Prefetcher
+from engine.provider import ExpertProvider
+from engine.reader import ExpertReader
+from engine.store import Store
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def check_variant(config: EngineConfig, store: Store) -> None:
+    """Store-variant knobs, when set, must describe the store being run."""
+    wanted = {
+        "quant_bits": (config.quant_bits, store.bits),
+        "quant_group_size": (config.quant_group_size, store.group_size if store.bits < 16 else None),
+        "layout": (config.layout, store.layout),
+    }
+    for knob, (want, have) in wanted.items():
+        if want is None or (knob == "quant_group_size" and have is None):
+            continue
+        if want != have:
+            raise ConfigError(
+                f"{knob} = {want!r} but store {store.root} has {have!r}; pack a store with "
+                f"that variant or unset {knob} in the config"
+            )
+
+
+class Engine:
+    """Open with `Engine(store_path, config)`; use as a context manager to release threads."""
+
+    def __init__(self, store: str | Path | Store, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        self.store = store if isinstance(store, Store) else Store.open(store)
+        check_variant(config, self.store)
+        self.family = family_of(self.store)
+        self.model, self.model_config = load_streaming_model(self.store)
+        if config.experts_per_token is not None:
+            set_experts_per_token(
+                self.model, self.family, config.experts_per_token, self.store.num_experts
+            )
+        self.top_k = model_top_k(self.model, self.family)
+        self.files = [self.store.root / le.file for le in self.store.layers]
+        self.dense_files = sorted(self.store.dense_dir.glob("*.safetensors"))
+        cache_bytes, page_allowance = self._budget()
+        self.page_budget = (
+            PageCacheBudget(page_allowance)
+            if page_allowance is not None and config.io_mode != "direct"
+            else None
+        )
+        self.reader = ExpertReader(
+            self.store, config.io_mode, config.read_chunk_bytes, config.io_threads,
+            page_budget=self.page_budget,
+        )
+        self.cache = ExpertCache(
+            cache_bytes, config.cache_policy, pinned_fraction=config.pinned_fraction,
+            hot=self._hot_keys(), entry_bytes=self.entry_bytes,
+        )
+        width = config.prefetch_width or self.top_k
+        self.prefetcher = (
+            Prefetcher(
+                mode=config.prefetch, depth=config.prefetch_depth, width=width,
+                moe_layers=self.store.moe_layers, routers=routers(self.model, self.family),
+                submit=self.reader.submit, is_cached=self.cache.__contains__,
+            )
+            if config.prefetch != "none"
+            else None
+        )
+        self.provider = ExpertProvider(
+            self.store, self.reader, self.cache, self.prefetcher,
+            compute_dtype(config.compute_dtype),
+        )
+        for block in streaming_blocks(self.model):
+            block.bind(self.provider, compute_dtype(config.compute_dtype))
+        self.cache_bytes = cache_bytes
+
+    # ---- memory ------------------------------------------------------------------------------
+
+    @property
+    def entry_bytes(self) -> int:
+        """RAM one cached expert takes (decoded arrays; float32 compute doubles 16-bit ones)."""
+        data = sum(t.nbytes for t in self.store.expert_tensors)
+        if self.config.compute_dtype == "float32":
+            data = sum(
+                t.nbytes * (2 if t.dtype in ("bfloat16", "float16") else 1)
+                for t in self.store.expert_tensors
+            )
+        return data
+
+    def _budget(self) -> tuple[int, int | None]:
+        """(engine cache bytes, page-cache allowance) under memory_budget_bytes."""
+        cfg = self.config
+        if cfg.memory_budget_bytes is None:
+            return cfg.cache_bytes, None
+        # Dense weights are loaded; their file pages in the page cache are dead weight now.
+        for f in self.dense_files:
+            evict(f)
+        base = current_rss()
+        staging = (cfg.prefetch_depth * (cfg.prefetch_width or self.top_k)
+                   if cfg.prefetch != "none" else 0)
+        working = (self.top_k + staging) * self.entry_bytes  # one layer's experts + staged reads
+        minimum = base + working
+        if cfg.memory_budget_bytes < minimum:
+            raise MemoryBudgetError(
+                f"memory_budget_bytes = {cfg.memory_budget_bytes:,} is below the minimum "
+                f"{minimum:,} this store needs (process {base:,} + working set {working:,}); "
+                "raise the budget, or use a smaller quant_bits store"
+            )
+        headroom = cfg.memory_budget_bytes - minimum
+        cache = min(cfg.cache_bytes, headroom)
+        # Whatever the engine cache leaves is what the OS may keep of the store's pages.
+        allowance = max(headroom - cache, self.store.expert_span)
+        return cache, allowance
+
+    def _hot_keys(self) -> list[tuple[int, int]] | None:
+        profile = self.store.profile()
+        if profile is None:
+            return None
+        ranked = [
+            (count, layer, e) for layer, counts in profile.items() for e, count in enumerate(counts)
+        ]
+        ranked.sort(reverse=True)
+        return [(layer, e) for _, layer, e in ranked]
+
+    def page_cache_bytes(self) -> int:
+        """The store's bytes resident in the OS page cache now (they are RAM too)."""
+        return resident_bytes_many([*self.files, *self.dense_files])
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        max_tokens: int,
+        *,
+        eos: set[int] | None = None,
+        keep_logits: bool = False,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation:
+        vocab = int(self.model_config.get("vocab_size", 0))
+        bad = [t for t in prompt if not 0 <= int(t) < vocab] if vocab else []
+        if bad:
+            raise ConfigError(f"prompt token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}")
+        return generate(self.model, prompt, max_tokens, eos=eos, keep_logits=keep_logits,
+                        on_token=on_token)
+
+    def counters(self) -> dict[str, Any]:
+        """Cumulative figures since the engine opened (callers diff them around a run)."""
+        fs = self.provider.stats
+        out: dict[str, Any] = {
+            "expert_requests": fs.requests,
+            "cache_hits": fs.cache_hits,
+            "staged_hits": fs.staged_hits,
+            "demand_reads": fs.demand_reads,
+            "stall_s": fs.stall_s,
+            "bytes_read": self.reader.bytes_read,
+            "reads": self.reader.reads,
+            "cache_used_bytes": self.cache.used_bytes,
+        }
+        if self.prefetcher is not None:
+            ps = self.prefetcher.stats
+            out.update(prefetch_predicted=ps.predicted, prefetch_used=ps.used,
+                       prefetch_correct=ps.correct, prefetch_issued=ps.issued)
+        return out
+
+    def close(self) -> None:
+        self.provider.close()
+        self.reader.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_summary(engine: Engine, gen: Generation, wall_s: float) -> dict[str, Any]:
+    """The one-line figures of `engine run`: speed, hit rate, bytes read, peak memory."""
+    c = engine.counters()
+    n = len(gen.tokens)
+    decode_s = sum(gen.token_s)
+    page = engine.page_cache_bytes()
+    return {
+        "tokens_generated": n,
+        "ttft_s": gen.ttft_s,
+        "decode_tok_s": (len(gen.token_s) / decode_s) if decode_s > 0 else 0.0,
+        "wall_s": wall_s,
+        "cache_hit_rate": c["cache_hits"] / c["expert_requests"] if c["expert_requests"] else 0.0,
+        "bytes_read": c["bytes_read"],
+        "bytes_read_per_token": c["bytes_read"] / n if n else 0.0,
+        "peak_rss_bytes": peak_rss(),
+        "page_cache_bytes": page,
+        "memory_bytes": peak_rss() + page,
+        "cache_bytes": engine.cache_bytes,
+        "io_mode": engine.config.io_mode,
+        "time": time.time(),
+    }

@@ -219,7 +219,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     stacked = any(".switch_mlp." in n for n in tensors)
     quant = _quantization(root, config) if stacked else None
     layout = "stacked" if stacked else "hf"
-    _check_experts(root, family, tensors, blocks, num_experts, shapes, layout, quant)
+    _check_experts(root, config, tensors, blocks, num_experts, shapes, layout, quant)
     return Checkpoint(
         root,
         config,
@@ -312,7 +312,7 @@ def _quantization(root: Path, config: dict[str, Any]) -> dict[str, int] | None:
 
 def _check_experts(
     root: Path,
-    family: Family,
+    config: dict[str, Any],
     tensors: dict[str, TensorRef],
     blocks: list[MoeBlock],
     num_experts: int,
@@ -321,6 +321,8 @@ def _check_experts(
     quant: dict[str, int] | None,
 ) -> None:
     """Every expert tensor present, float, and shaped as the config says; errors name it."""
+    family = family_for(config)
+    qconfig = config.get("quantization") or {}
     for b in blocks:
         for proj in family.mlx_projections:
             out_dim, in_dim = shapes[proj]
@@ -340,6 +342,7 @@ def _check_experts(
                 expected = {"weight": ((num_experts, out_dim, in_dim), FLOAT_DTYPES)}
             else:
                 bits, gs = quant["bits"], quant["group_size"]
+                _check_uniform_quant(root, qconfig, b.path, proj, bits, gs)
                 groups = (num_experts, out_dim, in_dim // gs)
                 expected = {
                     "weight": ((num_experts, out_dim, in_dim * bits // 32), ("uint32",)),
@@ -355,6 +358,20 @@ def _check_experts(
                         "missing from the checkpoint"
                     )
                 _expect(ref, shape, dtypes)
+
+
+def _check_uniform_quant(
+    root: Path, qconfig: dict[str, Any], block: str, proj: str, bits: int, gs: int
+) -> None:
+    """mlx-lm mixed recipes may quantize some expert projections differently; a store has one
+    expert layout, so those are refused rather than mis-read."""
+    over = qconfig.get(f"{block}.switch_mlp.{proj}")
+    if isinstance(over, dict) and (over.get("bits"), over.get("group_size")) != (bits, gs):
+        raise CheckpointError(
+            f"{root / 'config.json'}: key 'quantization' gives {block}.switch_mlp.{proj} "
+            f"{over.get('bits')} bits / group {over.get('group_size')}, unlike the other experts; "
+            "mixed expert quantization is not supported - pack from the full-precision checkpoint"
+        )
 
 
 def _expect(ref: TensorRef, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> None:

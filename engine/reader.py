@@ -1,0 +1,415 @@
+"""Expert bytes off the disk: one reader, three io_modes, chunked parallel reads, no hangs.
+
+`ExpertReader` reads one expert (`layer`, `expert`) of a packed store as a uint8 array of exactly
+`nbytes`, blocking (`read`) or in the background (`submit`, used by prefetch). It needs only a
+source with `layer_file(layer) -> Path` and `expert(layer, expert) -> ExpertLoc`: an opened
+`engine.store.Store`, or `FileSource(files, locate)` for anything else (tests, benchmarks).
+
+An expert larger than `read_chunk_bytes` is split into chunks read in parallel on `io_threads`
+workers. `submit` never parks a worker waiting on other workers (chunks complete a shared
+future through callbacks), so the pool cannot deadlock however many requests are queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.errors import ReadError
+from engine.pagecache import PageCacheBudget
+from engine.store import ExpertLoc
+
+ALIGN = 4096  # O_DIRECT: buffer address, file offset and length multiples of the block size
+IO_MODES = ("direct", "buffered", "mmap")
+_F_NOCACHE = 48  # macOS fcntl: the closest thing to O_DIRECT there
+
+
+class ExpertSource(Protocol):
+    def layer_file(self, layer: int) -> Path: ...
+    def expert(self, layer: int, expert: int) -> ExpertLoc: ...
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """An ExpertSource from plain parts: layer -> file and a (layer, expert) -> ExpertLoc."""
+
+    files: dict[int, Path]
+    locate: Callable[[int, int], ExpertLoc]
+
+    def layer_file(self, layer: int) -> Path:
+        return Path(self.files[layer])
+
+    def expert(self, layer: int, expert: int) -> ExpertLoc:
+        return self.locate(layer, expert)
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """A uint8 buffer of nbytes whose address is a multiple of ALIGN (what O_DIRECT needs)."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % ALIGN
+    return raw[skip : skip + nbytes]
+
+
+def pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Read into `view` from `offset` until full or EOF; returns bytes read (< len at EOF).
+
+    preadv fills our buffer in place: os.pread would allocate bytes and cost a second copy.
+    """
+    got = 0
+    n = len(view)
+    while got < n:
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if k == 0:
+            break
+        got += k
+    return got
+
+
+class _Request:
+    """One expert read in flight: its buffer, chunk plan and (for submit) the caller's future."""
+
+    __slots__ = (
+        "buf",
+        "chunks",
+        "error",
+        "expert",
+        "future",
+        "layer",
+        "left",
+        "length",
+        "loc",
+        "lock",
+        "path",
+        "t0",
+    )
+
+    def __init__(self, layer: int, expert: int, loc: ExpertLoc, path: Path, length: int) -> None:
+        self.layer = layer
+        self.expert = expert
+        self.loc = loc
+        self.path = path
+        self.length = length  # bytes fetched from the file: span (direct) or nbytes
+        self.buf: np.ndarray = np.empty(0, dtype=np.uint8)
+        self.chunks: list[tuple[int, int]] = []  # (start within the expert, length)
+        self.future: Future[np.ndarray] | None = None
+        self.left = 0
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.t0 = 0.0
+
+
+class ExpertReader:
+    """Reads experts of `store` with the given io_mode, chunk size and thread count.
+
+    Counters (thread-safe, read any time): `reads`, `bytes_read` (bytes fetched from the files;
+    direct mode fetches the aligned span), `read_seconds` (wall time callers spent blocked in
+    `read`: the I/O stall of synchronous reads), `submit_seconds` (submit-to-done wall time of
+    background reads; overlapped with compute, so not a stall by itself).
+    """
+
+    def __init__(
+        self,
+        store: ExpertSource,
+        io_mode: str = "buffered",
+        read_chunk_bytes: int = 1 << 20,
+        io_threads: int = 4,
+        page_budget: PageCacheBudget | None = None,
+    ) -> None:
+        if io_mode not in IO_MODES:
+            raise ValueError(f"io_mode must be one of {IO_MODES}, got {io_mode!r}")
+        if read_chunk_bytes < ALIGN or read_chunk_bytes % ALIGN:
+            raise ValueError(f"read_chunk_bytes must be a positive multiple of {ALIGN}")
+        if io_threads < 1:
+            raise ValueError(f"io_threads must be >= 1, got {io_threads}")
+        self.store = store
+        self.io_mode = io_mode
+        self.read_chunk_bytes = read_chunk_bytes
+        self.io_threads = io_threads
+        self.page_budget = page_budget
+        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="expert-io")
+        self._fds: dict[int, int] = {}
+        self._maps: dict[int, mmap.mmap] = {}
+        self._paths: dict[int, Path] = {}
+        self._open_lock = threading.Lock()
+        self._stat_lock = threading.Lock()
+        self._idle = threading.Condition(self._stat_lock)
+        self._inline = 0  # reads running in callers' threads; close() waits for them
+        self._closed = False
+        self.reads = 0
+        self.bytes_read = 0
+        self.read_seconds = 0.0
+        self.submit_seconds = 0.0
+
+    # ---- public API --------------------------------------------------------------------------
+
+    def read(self, layer: int, expert: int) -> np.ndarray:
+        """The expert's bytes (uint8, exactly nbytes), blocking. Raises ReadError."""
+        t0 = time.perf_counter()
+        with self._stat_lock:
+            if self._closed:
+                raise ReadError(f"reader is closed; cannot read layer {layer} expert {expert}")
+            self._inline += 1
+        try:
+            req = self._plan(layer, expert)
+            if len(req.chunks) == 1:
+                self._read_chunk(req, 0)
+            else:
+                # Chunk 0 in this thread, the rest on the pool: one fewer hand-off per read.
+                futs = [
+                    self._pool.submit(self._read_chunk, req, i) for i in range(1, len(req.chunks))
+                ]
+                err: BaseException | None = None
+                try:
+                    self._read_chunk(req, 0)
+                except BaseException as e:
+                    err = e
+                wait_futures(futs)
+                for f in futs:
+                    err = err or _failure(f, req)
+                if err is not None:
+                    raise err
+            self._finish(req)
+            return req.buf[: req.loc.nbytes]
+        finally:
+            dt = time.perf_counter() - t0
+            with self._stat_lock:
+                self.read_seconds += dt
+                self._inline -= 1
+                if self._inline == 0:
+                    self._idle.notify_all()
+
+    def submit(self, layer: int, expert: int) -> Future[np.ndarray]:
+        """Read in the background; `.result()` gives the bytes or raises ReadError. Never hangs:
+        closing the reader fails pending futures instead of abandoning them."""
+        fut: Future[np.ndarray] = Future()
+        fut.set_running_or_notify_cancel()
+        try:
+            if self._closed:
+                raise ReadError(f"reader is closed; cannot read layer {layer} expert {expert}")
+            req = self._plan(layer, expert)
+            req.future = fut
+            req.left = len(req.chunks)
+            req.t0 = time.perf_counter()
+            for i in range(len(req.chunks)):
+                cf = self._pool.submit(self._read_chunk, req, i)
+                cf.add_done_callback(lambda f, r=req: self._chunk_done(r, f))
+        except RuntimeError:  # the pool shut down between our check and submit
+            _fail(fut, ReadError(f"reader is closed; cannot read layer {layer} expert {expert}"))
+        except BaseException as e:
+            _fail(fut, e)
+        return fut
+
+    def prefetch_many(self, keys: Iterable[tuple[int, int]]) -> list[Future[np.ndarray]]:
+        return [self.submit(layer, expert) for layer, expert in keys]
+
+    def stats(self) -> dict[str, Any]:
+        with self._stat_lock:
+            return {
+                "reads": self.reads,
+                "bytes_read": self.bytes_read,
+                "read_seconds": self.read_seconds,
+                "submit_seconds": self.submit_seconds,
+            }
+
+    def reset_stats(self) -> None:
+        with self._stat_lock:
+            self.reads = self.bytes_read = 0
+            self.read_seconds = self.submit_seconds = 0.0
+
+    def close(self) -> None:
+        """Cancel queued chunks (their futures fail with ReadError), wait for running ones and
+        for reads in callers' threads, then close files. Idempotent."""
+        with self._stat_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._stat_lock:
+            # A read in a caller's thread still uses our fds; closing them under it could let
+            # the number be reused by another open and read the wrong file.
+            self._idle.wait_for(lambda: self._inline == 0, timeout=60)
+        with self._open_lock:
+            for mm in self._maps.values():
+                # BufferError: a caller still holds a view; the mapping goes when they drop it.
+                with contextlib.suppress(BufferError):
+                    mm.close()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._maps.clear()
+            self._fds.clear()
+
+    def __enter__(self) -> ExpertReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _plan(self, layer: int, expert: int) -> _Request:
+        loc = self.store.expert(layer, expert)
+        path = self._paths.get(layer)
+        if path is None:
+            self._open(layer)
+            path = self._paths[layer]
+        if self.io_mode == "direct":
+            length = -(-max(loc.span, loc.nbytes) // ALIGN) * ALIGN
+            if loc.offset % ALIGN:
+                raise ReadError(
+                    f"{path}: layer {layer} expert {expert} offset {loc.offset} is not a "
+                    f"multiple of {ALIGN}; O_DIRECT needs aligned experts (re-pack the store, "
+                    "or use io_mode='buffered')"
+                )
+            buf = aligned_empty(length)
+        else:
+            length = loc.nbytes
+            buf = np.empty(length, dtype=np.uint8)
+        req = _Request(layer, expert, loc, path, length)
+        req.buf = buf
+        step = self.read_chunk_bytes
+        req.chunks = [(s, min(step, length - s)) for s in range(0, length, step)] or [(0, 0)]
+        return req
+
+    def _open(self, layer: int) -> None:
+        with self._open_lock:
+            if layer in self._paths:
+                return
+            if self._closed:
+                raise ReadError(f"reader is closed; cannot open layer {layer}")
+            path = Path(self.store.layer_file(layer))
+            fd = self._open_fd(path, layer)
+            try:
+                if self.io_mode == "mmap":
+                    size = os.fstat(fd).st_size
+                    if size == 0:
+                        raise ReadError(f"{path}: layer {layer} file is empty; re-pack the store")
+                    mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    if self.page_budget is not None and hasattr(mm, "madvise"):
+                        mm.madvise(mmap.MADV_RANDOM)  # no readahead the budget cannot see
+                    self._maps[layer] = mm
+                elif (
+                    self.io_mode == "buffered" and self.page_budget and hasattr(os, "posix_fadvise")
+                ):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            except OSError as e:
+                os.close(fd)
+                raise ReadError(f"{path}: cannot map layer {layer} file ({e})") from e
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fds[layer] = fd
+            self._paths[layer] = path  # published last: _plan's lock-free check relies on it
+
+    def _open_fd(self, path: Path, layer: int) -> int:
+        flags = os.O_RDONLY
+        if self.io_mode == "direct" and hasattr(os, "O_DIRECT"):
+            flags |= os.O_DIRECT
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            if e.errno == errno.EINVAL and self.io_mode == "direct":
+                raise ReadError(
+                    f"{path}: this filesystem does not support O_DIRECT (EINVAL, e.g. tmpfs); "
+                    "use io_mode='buffered' or move the store to a disk filesystem"
+                ) from e
+            raise ReadError(f"{path}: cannot open layer {layer} file ({e})") from e
+        if self.io_mode == "direct" and not hasattr(os, "O_DIRECT") and sys.platform == "darwin":
+            import fcntl
+
+            fcntl.fcntl(fd, _F_NOCACHE, 1)
+        return fd
+
+    def _read_chunk(self, req: _Request, i: int) -> None:
+        start, n = req.chunks[i]
+        off = req.loc.offset + start
+        # Bytes this chunk must deliver: the padding past nbytes may legitimately be past EOF.
+        need = max(0, min(n, req.loc.nbytes - start))
+        try:
+            if self.io_mode == "mmap":
+                mm = self._maps[req.layer]
+                got = max(0, min(n, len(mm) - off))
+                if got:
+                    # Copy out: MLX arrays need memory they own, not a view of a mapping that
+                    # the page-cache budget may drop under them. (Reading past EOF of a file
+                    # truncated after mapping would SIGBUS; the size check above guards the rest.)
+                    req.buf[start : start + got] = np.frombuffer(mm, np.uint8, got, off)
+            else:
+                view = memoryview(req.buf)[start : start + n]
+                got = pread_full(self._fds[req.layer], view, off)
+        except (OSError, ValueError, KeyError) as e:
+            raise self._error(req, off, n, f"{type(e).__name__}: {e}") from e
+        if got < need:
+            raise self._error(
+                req, off, n, f"short read, got {got} of {need} bytes (file truncated?)"
+            )
+
+    def _error(self, req: _Request, off: int, n: int, why: str) -> ReadError:
+        return ReadError(
+            f"{req.path}: reading layer {req.layer} expert {req.expert} "
+            f"(offset {off}, {n} bytes; expert at {req.loc.offset}, {req.loc.nbytes} bytes) "
+            f"failed: {why}; run `moe-engine verify` on the store or re-pack it"
+        )
+
+    def _chunk_done(self, req: _Request, f: Future[None]) -> None:
+        err = _failure(f, req)
+        with req.lock:
+            req.left -= 1
+            if err is not None and req.error is None:
+                req.error = err
+            last = req.left == 0
+        fut = req.future
+        if fut is None:
+            return
+        if err is not None and not fut.done():
+            _fail(fut, err)  # fail at the first bad chunk; the others still drain the pool
+        if last and req.error is None:
+            # An exception escaping a done-callback is only logged, which would leave `fut`
+            # pending forever: route everything into the future.
+            try:
+                self._finish(req)
+                with self._stat_lock:
+                    self.submit_seconds += time.perf_counter() - req.t0
+                fut.set_result(req.buf[: req.loc.nbytes])
+            except BaseException as e:
+                _fail(fut, e)
+
+    def _finish(self, req: _Request) -> None:
+        with self._stat_lock:
+            self.reads += 1
+            self.bytes_read += req.length
+        if self.page_budget is not None and self.io_mode != "direct":
+            self.page_budget.note_read(
+                req.path, req.loc.offset, req.length, self._maps.get(req.layer)
+            )
+
+
+def _failure(f: Future[Any], req: _Request) -> BaseException | None:
+    """A chunk future's error as a ReadError (a cancelled chunk means the reader closed)."""
+    if f.cancelled():
+        return ReadError(
+            f"{req.path}: read of layer {req.layer} expert {req.expert} cancelled: "
+            "the reader was closed with reads pending"
+        )
+    try:
+        return f.exception()
+    except CancelledError:
+        return ReadError(f"{req.path}: read of layer {req.layer} expert {req.expert} cancelled")
+
+
+def _fail(fut: Future[Any], err: BaseException) -> None:
+    # InvalidStateError: another chunk already resolved it.
+    with contextlib.suppress(Exception):
+        fut.set_exception(err)

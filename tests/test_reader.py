@@ -1,0 +1,254 @@
+"""ExpertReader on small fake stores: exact bytes in every io_mode, chunking, errors, no hangs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import pagecache
+from engine.errors import ReadError
+from engine.reader import ALIGN, ExpertReader, FileSource, aligned_empty
+from engine.store import ExpertLoc
+
+ROOT = Path(__file__).resolve().parents[1]
+# Sizes not multiples of 4096 on purpose: the padding and the short last chunk must be handled.
+NBYTES = 3 * ALIGN + 123
+
+
+class FakeStore:
+    """Duck-typed like engine.store.Store: `layer_file` and `expert`, over files we write."""
+
+    def __init__(self, root: Path, layers: int = 2, experts: int = 6, nbytes: int = NBYTES):
+        span = -(-nbytes // ALIGN) * ALIGN
+        rng = np.random.default_rng(0)
+        self.files: dict[int, Path] = {}
+        self.locs: dict[int, list[ExpertLoc]] = {}
+        self.data: dict[tuple[int, int], bytes] = {}
+        for layer in range(layers):
+            path = root / f"layer_{layer:03d}.bin"
+            locs = []
+            with open(path, "wb") as f:
+                for e in range(experts):
+                    blob = rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+                    off = f.tell()
+                    f.write(blob + b"\0" * (span - nbytes))
+                    locs.append(ExpertLoc(off, nbytes, span, f"{zlib.crc32(blob):08x}"))
+                    self.data[(layer, e)] = blob
+            self.files[layer] = path
+            self.locs[layer] = locs
+
+    def layer_file(self, layer: int) -> Path:
+        return self.files[layer]
+
+    def expert(self, layer: int, expert: int) -> ExpertLoc:
+        return self.locs[layer][expert]
+
+
+@pytest.fixture
+def disk_dir() -> Iterator[Path]:
+    # On the repo's disk, not pytest's tmp_path: that may be tmpfs, which refuses O_DIRECT.
+    (ROOT / "build").mkdir(exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="reader-", dir=ROOT / "build"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def store(disk_dir: Path) -> FakeStore:
+    return FakeStore(disk_dir)
+
+
+def _reader(store: FakeStore, mode: str, **kw: int) -> ExpertReader:
+    try:
+        r = ExpertReader(store, mode, **kw)
+        r.read(0, 0)
+    except ReadError as e:
+        if mode == "direct" and "O_DIRECT" in str(e):
+            pytest.skip(f"no O_DIRECT here: {e}")
+        raise
+    r.reset_stats()
+    return r
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered", "mmap"])
+@pytest.mark.parametrize("chunk", [ALIGN, 1 << 20])  # chunked (4 chunks) and whole
+def test_exact_bytes_every_mode(store: FakeStore, mode: str, chunk: int) -> None:
+    with _reader(store, mode, read_chunk_bytes=chunk, io_threads=3) as r:
+        for (layer, e), blob in store.data.items():
+            got = r.read(layer, e)
+            assert got.dtype == np.uint8 and got.shape == (len(blob),)
+            assert got.tobytes() == blob
+        assert r.reads == len(store.data)
+        span = store.expert(0, 0).span
+        per = span if mode == "direct" else NBYTES
+        assert r.bytes_read == per * len(store.data)
+        assert r.read_seconds > 0
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered", "mmap"])
+def test_many_concurrent_submits(store: FakeStore, mode: str) -> None:
+    with _reader(store, mode, read_chunk_bytes=ALIGN, io_threads=4) as r:
+        keys = list(store.data) * 5
+        futs = [r.submit(layer, e) for layer, e in keys]
+        for key, f in zip(keys, futs, strict=True):
+            assert f.result(timeout=10).tobytes() == store.data[key]
+        assert r.reads == len(keys)
+
+
+def test_reads_from_many_threads(store: FakeStore) -> None:
+    # Callers' threads reading while prefetch submits: counters and data stay right.
+    with _reader(store, "buffered", read_chunk_bytes=ALIGN, io_threads=2) as r:
+        keys = list(store.data) * 4
+
+        def one(key: tuple[int, int]) -> bool:
+            f = r.submit(*key)
+            ok = r.read(*key).tobytes() == store.data[key]
+            return ok and f.result(timeout=10).tobytes() == store.data[key]
+
+        with ThreadPoolExecutor(4) as ex:
+            assert all(ex.map(one, keys))
+        assert r.reads == 2 * len(keys)
+
+
+def test_file_source_and_aligned_buffer(store: FakeStore) -> None:
+    src = FileSource(store.files, store.expert)
+    with ExpertReader(src, "buffered") as r:
+        assert r.read(1, 2).tobytes() == store.data[(1, 2)]
+    for n in (1, 4096, 5000):
+        assert aligned_empty(n).ctypes.data % ALIGN == 0
+
+
+def _truncate(store: FakeStore) -> None:
+    # Cut layer 1 in the middle of expert 3: experts 3.. of that layer are now short.
+    loc = store.expert(1, 3)
+    os.truncate(store.files[1], loc.offset + 100)
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered", "mmap"])
+@pytest.mark.parametrize("chunk", [ALIGN, 1 << 20])
+def test_truncated_file_raises_in_caller(store: FakeStore, mode: str, chunk: int) -> None:
+    _truncate(store)
+    with _reader(store, mode, read_chunk_bytes=chunk, io_threads=2) as r:
+        with pytest.raises(ReadError) as ei:
+            r.read(1, 4)
+        msg = str(ei.value)
+        assert "layer_001.bin" in msg and "layer 1 expert 4" in msg
+        assert str(store.expert(1, 4).offset) in msg
+        with pytest.raises(ReadError, match=r"short read|truncated"):
+            r.submit(1, 3).result(timeout=10)
+        # The reader stays usable after a failure.
+        assert r.read(1, 2).tobytes() == store.data[(1, 2)]
+
+
+def test_worker_failure_midway_fails_future(store: FakeStore, monkeypatch) -> None:
+    import engine.reader as reader_mod
+
+    calls = {"n": 0}
+    real = reader_mod.pread_full
+    lock = threading.Lock()
+
+    def flaky(fd: int, view: memoryview, offset: int) -> int:
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if n == 3:
+            raise OSError(errno.EIO, "injected I/O error")
+        return real(fd, view, offset)
+
+    monkeypatch.setattr(reader_mod, "pread_full", flaky)
+    with ExpertReader(store, "buffered", read_chunk_bytes=ALIGN, io_threads=2) as r:
+        with pytest.raises(ReadError, match="injected"):
+            r.submit(0, 1).result(timeout=10)
+        calls["n"] = 0
+        with pytest.raises(ReadError, match="injected"):
+            r.read(0, 1)
+
+
+def test_close_with_pending_reads_does_not_hang(store: FakeStore, monkeypatch) -> None:
+    import engine.reader as reader_mod
+
+    gate = threading.Event()
+    real = reader_mod.pread_full
+
+    def slow(fd: int, view: memoryview, offset: int) -> int:
+        gate.wait(5)
+        return real(fd, view, offset)
+
+    monkeypatch.setattr(reader_mod, "pread_full", slow)
+    r = ExpertReader(store, "buffered", read_chunk_bytes=ALIGN, io_threads=1)
+    futs = [r.submit(0, e) for e in range(6)]
+    closer = threading.Thread(target=r.close)
+    closer.start()
+    gate.set()  # let the one running chunk finish so close() can return
+    closer.join(10)
+    assert not closer.is_alive()
+    outcomes = []
+    for f in futs:
+        try:
+            outcomes.append(f.result(timeout=10).nbytes == NBYTES)
+        except ReadError as e:
+            assert "closed" in str(e) or "cancelled" in str(e)
+            outcomes.append(False)
+    assert not all(outcomes)  # queued reads were cancelled, not left pending
+    with pytest.raises(ReadError, match="closed"):
+        r.read(0, 0)
+    with pytest.raises(ReadError, match="closed"):
+        r.submit(0, 0).result(timeout=1)
+    r.close()  # idempotent
+
+
+def test_direct_on_filesystem_without_o_direct(store: FakeStore, monkeypatch) -> None:
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT flag on this platform")
+    real_open = os.open
+
+    def no_direct(path, flags, *a, **kw):  # what tmpfs answers
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    with ExpertReader(store, "direct") as r:
+        with pytest.raises(ReadError, match=r"O_DIRECT.*buffered"):
+            r.read(0, 0)
+        with pytest.raises(ReadError, match="O_DIRECT"):
+            r.submit(0, 1).result(timeout=10)
+
+
+def test_missing_file_and_bad_args(store: FakeStore) -> None:
+    store.files[0].unlink()
+    with ExpertReader(store, "buffered") as r, pytest.raises(ReadError, match="layer_000"):
+        r.read(0, 0)
+    with pytest.raises(ValueError):
+        ExpertReader(store, "bogus")
+    with pytest.raises(ValueError):
+        ExpertReader(store, "buffered", read_chunk_bytes=1000)
+
+
+@pytest.mark.skipif(not pagecache.SUPPORTED, reason=pagecache.UNSUPPORTED_NOTE)
+@pytest.mark.parametrize("mode", ["buffered", "mmap"])
+def test_page_budget_bounds_store_pages(disk_dir: Path, mode: str) -> None:
+    st = FakeStore(disk_dir, layers=1, experts=24, nbytes=16 * ALIGN)
+    path = st.files[0]
+    pagecache.evict_all([path])
+    if pagecache.resident_bytes(path) > path.stat().st_size // 2:
+        pytest.skip(f"{disk_dir}: filesystem ignores FADV_DONTNEED")
+    allowance = 4 * 16 * ALIGN
+    with (
+        pagecache.PageCacheBudget(allowance) as budget,
+        ExpertReader(st, mode, io_threads=2, page_budget=budget) as r,
+    ):
+        for e in [0, 3, 7, 1, 22, 9, 3, 15, 18, 2, 11, 5]:
+            assert r.read(0, e).tobytes() == st.data[(0, e)]
+            assert pagecache.resident_bytes(path) <= allowance + 16 * ALIGN
+        assert budget.evictions > 0

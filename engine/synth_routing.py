@@ -1,0 +1,323 @@
+"""Planted routing structure for synthetic checkpoints, and the figures that measure it.
+
+The residual stream of a synthetic model is dominated by the token embedding (layers add small
+`drift`-scaled perturbations), so a router sees roughly its token's embedding:
+
+    embedding(v) = a_dc * u0 + a_topic * T[topic(v)] + a_tok * r_v      (unit directions)
+    router_l[e]  ~ skew * pop_l[e] * u0 + topic_strength * A_l[t, e] * T_t + token_noise * g_le
+
+so the logit of expert e for token v is ~ skew*pop + topic_strength*[e in pool_l(topic)] +
+token_noise*N(0,1): per-layer popularity skew (log-Zipf), topic persistence (a run of same-topic
+tokens keeps drawing from one pool of experts) and cross-layer predictability (the hidden state
+barely changes between layers). The lm_head makes greedy decoding walk one long cycle through the
+vocabulary in topic runs, so decode keeps that locality instead of collapsing into a loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from engine.families import Family, family_for, moe_blocks
+
+
+@dataclass(frozen=True)
+class RoutingKnobs:
+    """Tunable routing structure; defaults land on the DESIGN.md targets."""
+
+    # Weight of the per-expert log-Zipf popularity in the router logits (0 = no skew).
+    skew: float = 1.0
+    # Logit bonus of experts in the current topic's pool (temporal locality).
+    topic_strength: float = 3.0
+    # Std of the token-specific logit part (which pool members a token picks).
+    token_noise: float = 1.0
+    # Share of a layer's experts each topic prefers; ~1.6x a 25% cache gives realistic LRU hits.
+    pool_fraction: float = 0.4
+    # Scale of every layer's output into the residual stream: larger = less cross-layer
+    # predictability (next-layer recall falls) and noisier decode.
+    drift: float = 0.08
+    # Mean tokens per topic run in the decode walk and probe prompts.
+    run_length: float = 12.0
+    # Per-token chance that a probe prompt jumps to a random place of the walk.
+    jump_prob: float = 0.04
+    # Number of topics; 0 = one per 32 vocabulary entries, capped by hidden size.
+    n_topics: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Fractions of the embedding's (unit) norm along the DC, topic and token directions.
+_A_DC, _A_TOPIC, _A_TOK = 0.5, 0.5, float(np.sqrt(0.5))
+
+
+class RoutingPlan:
+    """Every planted tensor of one synthetic model (embedding, lm_head, routers), from a seed."""
+
+    def __init__(
+        self, *, hidden: int, vocab: int, num_experts: int, seed: int, knobs: RoutingKnobs
+    ) -> None:
+        self.hidden, self.vocab, self.num_experts, self.knobs = hidden, vocab, num_experts, knobs
+        self.seed = seed
+        rng = np.random.default_rng([seed, 0x5EED])
+        n_topics = knobs.n_topics or max(2, vocab // 32)
+        self.n_topics = n_topics = min(n_topics, hidden // 2)
+        # u0 and the topic directions are orthonormal so their logit terms do not interfere.
+        q, _ = np.linalg.qr(rng.standard_normal((hidden, n_topics + 1)))
+        self.u0 = q[:, 0]  # [H]
+        self.topic_dirs = q[:, 1:].T  # [T, H]
+        self._basis = q  # [H, T+1]
+        self.cycle, self.topic = self._walk(rng, vocab, n_topics, knobs.run_length)
+        self.position = np.empty(vocab, dtype=np.int64)
+        self.position[self.cycle] = np.arange(vocab)
+        r = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
+        self.token_dirs = r
+
+    @staticmethod
+    def _walk(
+        rng: np.random.Generator, vocab: int, n_topics: int, run_length: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One cycle through all tokens in topic runs; topic[v] is the topic of v's run."""
+        cycle = rng.permutation(vocab)
+        topic = np.empty(vocab, dtype=np.int64)
+        pos, prev = 0, -1
+        while pos < vocab:
+            n = max(3, int(rng.geometric(1.0 / run_length)))
+            t = int(rng.integers(n_topics - 1))
+            t = t + 1 if t >= prev else t  # never the same topic twice in a row
+            topic[cycle[pos : pos + n]] = t
+            pos, prev = pos + n, t
+        return cycle, topic
+
+    def _orthogonal_unit(self, x: np.ndarray) -> np.ndarray:
+        """Rows of x with the DC/topic subspace projected out, scaled to unit norm."""
+        x = x - (x @ self._basis) @ self._basis.T
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    # ---- planted tensors (float32 numpy) -------------------------------------------------------
+
+    def embedding(self) -> np.ndarray:
+        """[V, H] with rms 1 per row: DC + topic + token parts."""
+        e = _A_DC * self.u0 + _A_TOPIC * self.topic_dirs[self.topic] + _A_TOK * self.token_dirs
+        return (e * np.sqrt(self.hidden)).astype(np.float32)
+
+    def lm_head(self) -> np.ndarray:
+        """[V, H]: the row of succ(v) is v's token direction, so argmax(next) = succ(current)."""
+        succ = np.roll(self.cycle, -1)  # succ[i] follows cycle[i]
+        out = np.empty((self.vocab, self.hidden), dtype=np.float32)
+        out[succ] = self.token_dirs[self.cycle]
+        return out
+
+    def router(self, layer: int) -> np.ndarray:
+        """[E, H] router of one MoE layer (row e scores expert e)."""
+        k, E, H = self.knobs, self.num_experts, self.hidden
+        rng = np.random.default_rng([self.seed, 0x60A7E, layer])
+        # log-Zipf popularity over a per-layer random expert order; mean 0 so skew only ranks.
+        pop = -np.log1p(rng.permutation(E)).astype(np.float64)
+        pop -= pop.mean()
+        pool = max(1, round(k.pool_fraction * E))
+        affinity = np.zeros((self.n_topics, E))
+        for t in range(self.n_topics):
+            affinity[t, rng.choice(E, size=pool, replace=False)] = 1.0
+        g = self._orthogonal_unit(rng.standard_normal((E, H)))  # [E, H]
+        s = np.sqrt(H)  # the router sees RMSNorm(h) ~ sqrt(H) * unit embedding
+        w = (
+            np.outer(k.skew * pop / (s * _A_DC), self.u0)
+            + (k.topic_strength / (s * _A_TOPIC)) * affinity.T @ self.topic_dirs
+            + (k.token_noise / _A_TOK) * g
+        )
+        return w.astype(np.float32)
+
+    # ---- probe prompts -----------------------------------------------------------------------
+
+    def prompts(self, n: int, length: int) -> list[list[int]]:
+        """Token ids that follow the decode walk's topic runs, with occasional random jumps."""
+        rng = np.random.default_rng([self.seed, 0x9809E])
+        out = []
+        for _ in range(n):
+            pos = int(rng.integers(self.vocab))
+            ids = []
+            for _ in range(length):
+                ids.append(int(self.cycle[pos]))
+                pos = (
+                    int(rng.integers(self.vocab))
+                    if rng.random() < self.knobs.jump_prob
+                    else (pos + 1) % self.vocab
+                )
+            out.append(ids)
+        return out
+
+
+# ---- measurement ---------------------------------------------------------------------------
+
+
+def lru_hit_rate(seqs: list[list[list[int]]], capacity: int) -> float:
+    """Hit rate of one LRU per sequence over per-token expert sets (each sequence starts cold).
+
+    A token looks up all its experts before loading the misses, as an engine does, so one of
+    its misses never evicts an expert the same token is about to hit.
+    """
+    hits = total = 0
+    for seq in seqs:
+        cache: OrderedDict[int, None] = OrderedDict()
+        for experts in seq:
+            hit = [e for e in experts if e in cache]
+            hits += len(hit)
+            total += len(experts)
+            for e in hit:
+                cache.move_to_end(e)
+            for e in experts:
+                if e not in cache:
+                    cache[e] = None
+                    if len(cache) > capacity:
+                        cache.popitem(last=False)
+    return hits / max(total, 1)
+
+
+def reuse_fraction(seqs: list[list[list[int]]]) -> float:
+    """Mean share of a token's experts that the previous token also used."""
+    shares = [
+        len(set(cur) & set(prev)) / len(cur)
+        for seq in seqs
+        for prev, cur in itertools.pairwise(seq)
+    ]
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def routing_stats(
+    model_dir: str | Path, prompts: list[dict[str, Any]] | None = None, cache_fraction: float = 0.25
+) -> dict[str, float]:
+    """Route the probe suite through the checkpoint in mlx-lm and measure cache-relevant figures.
+
+    prompts: [{"ids": [...], "decode_tokens": N}, ...]; None = the checkpoint's probe_suite.toml.
+    Returns hit_rate (per-layer LRU holding cache_fraction of experts), reuse (previous-token
+    expert reuse), reuse_vs_chance (reuse / (k/E)), next_layer_recall (layer l+1's router on the
+    hidden state entering layer l's MoE vs l+1's real experts) and decode_distinct (share of
+    distinct tokens among decoded ones; low = greedy decode collapsed into a loop).
+    """
+    rec = record_routing(Path(model_dir), prompts)
+    E, k, layers = rec.num_experts, rec.top_k, rec.layers
+    cap = max(1, round(cache_fraction * E))
+    hit = [lru_hit_rate([p[layer] for p in rec.routes], cap) for layer in layers]
+    reuse = [reuse_fraction([p[layer] for p in rec.routes]) for layer in layers]
+    return {
+        "hit_rate": float(np.mean(hit)),
+        "reuse": float(np.mean(reuse)),
+        "reuse_vs_chance": float(np.mean(reuse)) / (k / E),
+        "next_layer_recall": rec.next_layer_recall,
+        "decode_distinct": rec.decode_distinct,
+        "num_experts": E,
+        "top_k": k,
+        "cache_experts": cap,
+        "moe_layers": len(layers),
+        "tokens": rec.tokens,
+    }
+
+
+# ---- recording routes through mlx-lm -------------------------------------------------------
+
+
+@dataclass
+class RouteRecord:
+    num_experts: int
+    top_k: int
+    layers: list[int]
+    routes: list[dict[int, list[list[int]]]]  # per prompt: layer -> per-token expert ids
+    next_layer_recall: float
+    decode_distinct: float
+    tokens: int
+
+
+class _Recorder(nn.Module):
+    """Stands in for a block's `switch_mlp`: calls it and keeps the input and routed ids."""
+
+    def __init__(self, inner: nn.Module, sink: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        super().__init__()
+        self.inner = inner
+        self._sink = sink
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        # x: [B, L, H] MoE input, indices: [B, L, k]
+        self._sink.append((np.array(x.astype(mx.float32)), np.array(indices)))
+        return self.inner(x, indices)
+
+
+def _route(family: Family, block: nn.Module, x: mx.array) -> np.ndarray:
+    """Expert ids block's own router picks for x: [N, H] -> [N, k]."""
+    if family.model_type == "deepseek_v3":
+        return np.array(block.gate(x)[0])
+    k = family.get_top_k(block)
+    logits = block.gate(x)  # softmax is monotone: top-k of logits = top-k of probabilities
+    return np.array(mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k])
+
+
+def load_suite(model_dir: Path) -> list[dict[str, Any]]:
+    with open(model_dir / "probe_suite.toml", "rb") as f:
+        return list(tomllib.load(f)["prompts"])
+
+
+def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None) -> RouteRecord:
+    """Prefill + greedy decode each prompt in mlx-lm, recording every MoE layer's routes."""
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.utils import load_model
+
+    prompts = prompts if prompts is not None else load_suite(model_dir)
+    model, config = load_model(model_dir, strict=True)
+    model.set_dtype(mx.float32)  # mlx CPU gather_mm runs float32 only; routing is unchanged
+    family = family_for(config)
+    blocks = moe_blocks(model)
+    sinks: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for layer, _, block in blocks:
+        sinks[layer] = []
+        block.switch_mlp = _Recorder(block.switch_mlp, sinks[layer])
+    layers = [b[0] for b in blocks]
+    routes: list[dict[int, list[list[int]]]] = []
+    hits = total = 0
+    distinct: list[float] = []
+    n_tokens = 0
+    for prompt in prompts:
+        for s in sinks.values():
+            s.clear()
+        cache = make_prompt_cache(model)
+        ids = mx.array(prompt["ids"])[None]
+        decoded: list[int] = []
+        for _ in range(int(prompt.get("decode_tokens", 0)) + 1):
+            logits = model(ids, cache=cache)
+            nxt = int(mx.argmax(logits[0, -1]).item())
+            decoded.append(nxt)
+            ids = mx.array([[nxt]])
+        decoded = decoded[:-1]  # the last token was predicted but never fed back
+        distinct.append(len(set(decoded)) / max(len(decoded), 1))
+        per_layer: dict[int, list[list[int]]] = {}
+        xs: dict[int, np.ndarray] = {}
+        for layer in layers:
+            x = np.concatenate([a[0].reshape(-1, a[0].shape[-1]) for a in sinks[layer]])
+            idx = np.concatenate([a[1].reshape(-1, a[1].shape[-1]) for a in sinks[layer]])
+            per_layer[layer] = idx.tolist()
+            xs[layer] = x
+        n_tokens += len(per_layer[layers[0]])
+        routes.append(per_layer)
+        for (la, _, _), (lb, _, block_b) in itertools.pairwise(blocks):
+            pred = _route(family, block_b, mx.array(xs[la]))
+            for p, actual in zip(pred.tolist(), per_layer[lb], strict=True):
+                hits += len(set(p) & set(actual))
+                total += len(actual)
+    E = int(config[family.num_experts_key])
+    k = family.get_top_k(blocks[0][2])
+    return RouteRecord(
+        num_experts=E,
+        top_k=k,
+        layers=layers,
+        routes=routes,
+        next_layer_recall=hits / max(total, 1),
+        decode_distinct=float(np.mean(distinct)) if distinct else 0.0,
+        tokens=n_tokens,
+    )

@@ -252,3 +252,18 @@ def test_page_budget_bounds_store_pages(disk_dir: Path, mode: str) -> None:
             assert r.read(0, e).tobytes() == st.data[(0, e)]
             assert pagecache.resident_bytes(path) <= allowance + 16 * ALIGN
         assert budget.evictions > 0
+
+
+@pytest.mark.parametrize("pattern", ["sequential", "random"])
+def test_diskbench_smoke(disk_dir: Path, pattern: str) -> None:
+    from engine.diskbench import make_test_file, measure_read_bandwidth
+
+    p = make_test_file(disk_dir / "bench.bin", 1 << 20)
+    assert p.stat().st_size == 1 << 20
+    for mode in ("buffered", "mmap"):
+        gbs = measure_read_bandwidth(p, 64 * 1024, 2, mode, 1 << 20, pattern=pattern)
+        assert gbs > 0
+    with pytest.raises(ValueError):
+        measure_read_bandwidth(p, 1000, 1, "buffered", 1 << 20)
+    with pytest.raises(ValueError):
+        measure_read_bandwidth(p, 4 << 20, 1, "buffered", 1 << 20)  # chunk > file

@@ -299,8 +299,8 @@ def _write_dense(ckpt: Checkpoint, tmp: Path) -> None:
     for name in TOKENIZER_FILES:
         if (ckpt.root / name).is_file():
             shutil.copyfile(ckpt.root / name, dense / name)
-    if (ckpt.root / "probe_suite.toml").is_file():
-        shutil.copyfile(ckpt.root / "probe_suite.toml", tmp / "probe_suite.toml")
+    if (ckpt.root / "probe_suite.toml").is_file():  # travels with the tokenizer: the model's
+        shutil.copyfile(ckpt.root / "probe_suite.toml", dense / "probe_suite.toml")
 
 
 def _manifest(

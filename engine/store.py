@@ -6,6 +6,7 @@ Layout of a store directory (written by `engine.pack`, atomically):
     dense/config.json        the model config (plus `quantization` when non-expert weights are)
     dense/model.safetensors  every non-expert tensor, names as in the source checkpoint
     dense/<tokenizer files>  copied when the source has them
+    dense/probe_suite.toml   the source's probe suite (prompt ids), when it has one
     experts/layer_NNN.bin    one file per MoE layer; each expert's tensors contiguous, each expert
                              starting at a multiple of `align` and padded to one (O_DIRECT)
     profile.json             optional routing profile (per-layer expert counts) from calibration

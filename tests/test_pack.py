@@ -122,7 +122,7 @@ def test_dense_holds_every_non_expert_tensor(family: str, tiny_checkpoint, packe
         assert same(v, src[k]), k
     assert json.loads((store.dense_dir / "config.json").read_text())["model_type"] == family
     assert "quantization" not in store.config  # experts' quantization lives in the manifest
-    assert (store.root / "probe_suite.toml").is_file()
+    assert (store.dense_dir / "probe_suite.toml").is_file()
 
 
 def test_dense_loads_into_mlx_lm_skeleton(packed_store) -> None:

@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -168,9 +168,15 @@ class ExpertReader:
                 self._read_chunk(req, 0)
             else:
                 # Chunk 0 in this thread, the rest on the pool: one fewer hand-off per read.
-                futs = [
-                    self._pool.submit(self._read_chunk, req, i) for i in range(1, len(req.chunks))
-                ]
+                try:
+                    futs = [
+                        self._pool.submit(self._read_chunk, req, i)
+                        for i in range(1, len(req.chunks))
+                    ]
+                except RuntimeError:  # close() shut the pool after our check above
+                    raise ReadError(
+                        f"reader closed while reading layer {layer} expert {expert}"
+                    ) from None
                 err: BaseException | None = None
                 try:
                     self._read_chunk(req, 0)
@@ -211,9 +217,6 @@ class ExpertReader:
         except BaseException as e:
             _fail(fut, e)
         return fut
-
-    def prefetch_many(self, keys: Iterable[tuple[int, int]]) -> list[Future[np.ndarray]]:
-        return [self.submit(layer, expert) for layer, expert in keys]
 
     def stats(self) -> dict[str, Any]:
         with self._stat_lock:

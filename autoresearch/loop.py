@@ -1,0 +1,207 @@
+"""`autoresearch run`: the ask/tell loop that turns sampled knobs into measured trials.
+
+Per trial: ask -> sample knobs -> pick/build the store variant -> run the probe in a child ->
+store metrics, spread and raw samples as user attrs -> set constraints -> tell. Failures of
+one trial (bad config, pack failure, probe crash/hang/garbage) are told FAIL with
+`fail_reason` and the loop goes on.
+
+Ctrl-C: the running probe is killed, its trial is told FAIL "interrupted" and its parameters
+are re-enqueued, so the next `autoresearch run` measures it again; then we exit 130.
+kill -9: the trial stays RUNNING in storage; the next run marks it FAIL "abandoned" and
+re-enqueues it (storage.recover_abandoned).
+
+Cheap first fidelity (trace simulator screening of cache/prefetch-only candidates) plugs in
+at `_screen`: it is not built yet, so every candidate goes to the real probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autoresearch.display import Display
+from autoresearch.errors import AutoresearchError
+from autoresearch.storage import open_study, recover_abandoned, retry_attrs, worker_attrs
+from autoresearch.study_file import StudySpec
+from autoresearch.trial import ProbeResult, run_probe
+from autoresearch.variants import Variants
+from engine.errors import ConfigError
+
+
+@dataclass
+class RunSummary:
+    completed: int = 0
+    failed: int = 0
+    interrupted: bool = False
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    n_trials: int | None = None,
+    timeout_s: float | None = None,
+    display: Display | None = None,
+) -> RunSummary:
+    """Run up to n_trials new trials (or until timeout_s); resumes a stored study."""
+    n_trials = n_trials if n_trials is not None else spec.n_trials
+    timeout_s = timeout_s if timeout_s is not None else spec.timeout_s
+    if n_trials is None and timeout_s is None:
+        raise AutoresearchError(
+            f"{spec.path}: neither study.n_trials nor study.timeout_s is set; give one, or "
+            "pass --n-trials / --timeout"
+        )
+    study = open_study(spec)
+    display = display or Display(spec, n_trials, timeout_s)
+    for number in recover_abandoned(study):
+        display.note(f"trial {number}: abandoned by a killed run; marked FAIL and re-enqueued")
+    if not study.trials:
+        # Trial 0 is the engine's default config, measured with extra repeats: the noise floor.
+        params = spec.space.baseline_params()
+        study.enqueue_trial(params, user_attrs={"baseline": True, "baseline_knobs": list(params)})
+    variants = Variants(spec, progress=display.interactive)
+    summary = RunSummary()
+    t0 = time.monotonic()
+    with display:
+        display.update_front(study)
+        while n_trials is None or summary.completed + summary.failed < n_trials:
+            if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
+                break
+            try:
+                trial = study.ask()
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                break
+            try:
+                ok = _one_trial(spec, study, trial, variants, display)
+            except KeyboardInterrupt:
+                _fail(study, trial, "interrupted: Ctrl-C during the trial")
+                _requeue(study, trial)
+                summary.interrupted = True
+                display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
+                break
+            summary.completed += ok
+            summary.failed += not ok
+            display.trial_done(study, trial.number, summary.completed + summary.failed)
+    return summary
+
+
+def _one_trial(
+    spec: StudySpec,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    variants: Variants,
+    display: Display,
+) -> bool:
+    trial.set_user_attr("worker", worker_attrs())
+    baseline = bool(trial.user_attrs.get("baseline"))
+    # The baseline suggests only the knobs that can hold the engine default exactly (enqueued
+    # as fixed params), so its config is EngineConfig()'s, not a sample that looks like it.
+    only = set(trial.user_attrs.get("baseline_knobs", [])) if baseline else None
+    knobs = spec.space.suggest(trial, only=only)
+    if not baseline:
+        # The space's [fixed] values shape every searched trial; the baseline stays the pure
+        # engine default so "tuned vs default" compares against what an untuned user gets.
+        knobs = {**spec.space.fixed, **knobs}
+    display.start_trial(trial.number, knobs, baseline)
+    if not _screen(spec, knobs):
+        _fail(study, trial, "screened out by the trace simulator")
+        return False
+    try:
+        store = variants.get(
+            knobs.get("quant_bits"), knobs.get("quant_group_size"), knobs.get("layout")
+        )
+    except AutoresearchError as e:
+        _fail(study, trial, f"store variant: {e}")
+        return False
+    extra: dict[str, Any] = {}
+    if spec.memory_budget is not None:
+        extra["memory_budget_bytes"] = spec.memory_budget  # the engine enforces it too
+    try:
+        from autoresearch.space import to_config
+
+        config = to_config(knobs, expert_bytes=store.expert_bytes, extra=extra)
+    except ConfigError as e:
+        _fail(study, trial, f"config: {e}")
+        return False
+    trial.set_user_attr("config", config.to_dict())
+    trial.set_user_attr("store", str(store.path))
+    trial.set_user_attr("store_fingerprint", store.fingerprint)
+    required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
+    repeats = max(spec.repeats, spec.baseline_repeats) if baseline else spec.repeats
+    result = run_probe(
+        config,
+        store=store.path,
+        suite=variants.suite(),
+        repeats=repeats,
+        cold=spec.cold,
+        timeout_s=spec.trial_timeout_s * (repeats / max(spec.repeats, 1)),
+        required=required,
+        template=spec.probe_command,
+        on_start=lambda pid: trial.set_user_attr("child_pid", pid),
+    )
+    trial.set_user_attr("wall_s", round(result.wall_s, 3))
+    if result.error is not None:
+        _fail(study, trial, result.error)
+        return False
+    _store_metrics(study, trial, result)
+    for c in spec.constraints:
+        trial.set_constraint(c.metric, c.value(result.metrics))
+    values = [float(result.metrics[m]) for m, _ in spec.objectives]
+    study.tell(trial, values)
+    if baseline:
+        _store_noise_floor(study, result.metrics)
+    return True
+
+
+def _screen(spec: StudySpec, knobs: dict[str, Any]) -> bool:
+    """Cheap first fidelity hook: True = measure for real. The simulator is not built yet."""
+    return True
+
+
+def _store_metrics(study: optuna.Study, trial: optuna.Trial, result: ProbeResult) -> None:
+    m = result.metrics
+    for key, value in m.items():
+        if key in ("config", "machine", "spread", "samples"):
+            continue
+        if isinstance(value, int | float | str | bool) and not (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("spread", m.get("spread", {}))
+    trial.set_user_attr("samples", m.get("samples", {}))
+    trial.set_user_attr("probe_config", m.get("config", {}))
+    machine = m.get("machine")
+    if isinstance(machine, dict):
+        mid = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+        trial.set_user_attr("machine_id", mid)
+        if "machine" not in study.user_attrs:
+            study.set_user_attr("machine", machine)
+            study.set_user_attr("machine_id", mid)
+
+
+def _store_noise_floor(study: optuna.Study, metrics: dict[str, Any]) -> None:
+    """Spread of the repeated baseline, absolute and relative to its median, per metric."""
+    floor: dict[str, dict[str, float]] = {}
+    for name, spread in (metrics.get("spread") or {}).items():
+        median = metrics.get(name)
+        if not isinstance(spread, int | float) or not isinstance(median, int | float):
+            continue
+        rel = abs(spread / median) if median else 0.0
+        floor[name] = {"spread": float(spread), "relative": rel}
+    study.set_user_attr("noise_floor", floor)
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
+    study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial.number, trial.user_attrs))

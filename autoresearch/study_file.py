@@ -1,0 +1,299 @@
+"""Study files: which model, which probes, which space, what to optimize, under what limits.
+
+Format (paths are relative to the study file; see studies/demo.toml):
+
+    [study]
+    name = "demo"                  # default: the file's stem
+    storage = "sqlite:///x.db"     # default: sqlite:///<study dir>/<name>.db
+    space = "../search_spaces/default.toml"
+    sampler = "tpe"                # tpe (multi-objective TPE) | nsga2 | random
+    seed = 0                       # sampler seed; omit for a random one
+    n_trials = 20                  # trials per `autoresearch run` (CLI --n-trials overrides)
+    timeout_s = 3600               # wall clock per `autoresearch run` (CLI --timeout overrides)
+    repeats = 1                    # probe repeats per trial (medians + spread are stored)
+    baseline_repeats = 3           # repeats of the baseline trial: the study's noise floor
+    trial_timeout_s = 600          # a trial's probe is killed after this and recorded FAIL
+    cold = true                    # cold (page cache evicted) or warm runs; never mixed
+
+    [model]                        # exactly one of:
+    synth = { family = "qwen3_moe", preset = "small", seed = 0 }   # built once, cached
+    # path = "checkpoints/my-moe"  # an HF or mlx-community checkpoint directory
+    # store = "stores/my-moe"      # a packed store (fixed: no quant/layout variants)
+
+    [probe]
+    suite = "suite.toml"           # optional: default the checkpoint's probe_suite.toml
+
+    [[objectives]]                 # default: max decode_tok_s, min memory_bytes, min kl_mean
+    metric = "decode_tok_s"
+    direction = "maximize"
+
+    [constraints]                  # metric = { max = x } or { min = x }; via Trial.set_constraint
+    memory_bytes = { max = 8_000_000_000 }   # also handed to the engine as memory_budget_bytes
+    kl_mean = { max = 0.05 }
+    latency_p99_s = { max = 0.5 }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import AutoresearchError, StudyFileError
+from autoresearch.space import Space, load_space
+
+# Numeric fields of the probe's metrics JSON: what objectives and constraints may name.
+METRICS = (
+    "ttft_s",
+    "prefill_tok_s",
+    "decode_tok_s",
+    "latency_p50_s",
+    "latency_p99_s",
+    "latency_max_s",
+    "bytes_read_per_token",
+    "cache_hit_rate",
+    "prefetch_precision",
+    "prefetch_recall",
+    "io_stall_fraction",
+    "peak_rss_bytes",
+    "page_cache_bytes",
+    "memory_bytes",
+    "kl_mean",
+    "top1_agreement",
+    "tokens",
+)
+DEFAULT_OBJECTIVES = (
+    ("decode_tok_s", "maximize"),
+    ("memory_bytes", "minimize"),
+    ("kl_mean", "minimize"),
+)
+SAMPLERS = ("tpe", "nsga2", "random")
+SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe")
+SYNTH_PRESETS = ("tiny", "small", "bench")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    def value(self, metrics: dict[str, Any]) -> float:
+        """Optuna's convention: <= 0 is feasible; the amount over the limit otherwise."""
+        v = float(metrics[self.metric])
+        if self.max is not None:
+            return v - self.max
+        assert self.min is not None
+        return self.min - v
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file."""
+
+    path: Path
+    name: str
+    storage: str
+    space: Space
+    sampler: str = "tpe"
+    seed: int | None = None
+    n_trials: int | None = None
+    timeout_s: float | None = None
+    repeats: int = 1
+    baseline_repeats: int = 3
+    trial_timeout_s: float = 600.0
+    cold: bool = True
+    synth: dict[str, Any] | None = None
+    model_path: Path | None = None
+    store_path: Path | None = None
+    suite: Path | None = None
+    objectives: tuple[tuple[str, str], ...] = DEFAULT_OBJECTIVES
+    constraints: tuple[Constraint, ...] = ()
+    # Tests only: argv template for the probe child ({python} {store} {config} {repeats} {mode}).
+    probe_command: tuple[str, ...] | None = None
+    work_dir: Path = field(default=Path("."))
+
+    @property
+    def directions(self) -> list[str]:
+        return [d for _, d in self.objectives]
+
+    @property
+    def memory_budget(self) -> int | None:
+        for c in self.constraints:
+            if c.metric == "memory_bytes" and c.max is not None:
+                return int(c.max)
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """What makes stored trials comparable; a change here needs a new study name."""
+        return {
+            "objectives": [list(o) for o in self.objectives],
+            "constraints": [[c.metric, c.max, c.min] for c in self.constraints],
+            "space": self.space.digest(),
+            "model": self.synth or str(self.model_path or self.store_path),
+            "suite": str(self.suite) if self.suite else None,
+            "cold": self.cold,
+        }
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
+
+
+def load_study_file(path: str | Path) -> StudySpec:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyFileError(f"{path}: study file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise StudyFileError(f"{path}: not valid TOML ({e})") from None
+    allowed = {"study", "model", "probe", "objectives", "constraints", "fidelity"}
+    bad = sorted(set(doc) - allowed)
+    if bad:
+        raise StudyFileError(f"{path}: unknown table(s) {', '.join(bad)}; allowed: {allowed}")
+    here = path.resolve().parent
+    st = _table(path, doc, "study")
+    name = st.get("name", path.stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise StudyFileError(f"{path}: study.name must be letters, digits, - and _; got {name!r}")
+    if "space" not in st:
+        raise StudyFileError(f"{path}: study.space is missing (a search space TOML path)")
+    try:
+        space = load_space(here / st["space"])
+    except AutoresearchError as e:
+        raise StudyFileError(f"{path}: study.space: {e}") from None
+    sampler = st.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise StudyFileError(f"{path}: study.sampler must be one of {SAMPLERS}, got {sampler!r}")
+    objectives = _objectives(path, doc.get("objectives"))
+    constraints = _constraints(path, doc.get("constraints", {}))
+    synth, model_path, store_path = _model(path, here, _table(path, doc, "model"))
+    if store_path is not None and space.varies_store:
+        raise StudyFileError(
+            f"{path}: model.store is a fixed store but {space.path} varies quant_bits/"
+            "quant_group_size/layout; give model.path or model.synth so variants can be packed"
+        )
+    probe = doc.get("probe", {})
+    suite = here / probe["suite"] if "suite" in probe else None
+    if suite is not None and not suite.is_file():
+        raise StudyFileError(f"{path}: probe.suite: {suite} not found")
+    cmd = probe.get("probe_command")
+    if cmd is not None and (not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd)):
+        raise StudyFileError(f"{path}: probe.probe_command must be a list of strings")
+    fidelity = doc.get("fidelity", {})
+    if fidelity.get("screen", "none") != "none":
+        # Hook for the trace-simulator screen (issue 5, item 5): not built yet.
+        raise StudyFileError(f"{path}: fidelity.screen: only 'none' is available for now")
+    storage = st.get("storage", f"sqlite:///{here / (name + '.db')}")
+    return StudySpec(
+        path=path,
+        name=name,
+        storage=storage,
+        space=space,
+        sampler=sampler,
+        seed=_opt_int(path, st, "seed", 0),
+        n_trials=_opt_int(path, st, "n_trials", 1),
+        timeout_s=_opt_num(path, st, "timeout_s"),
+        repeats=_opt_int(path, st, "repeats", 1) or 1,
+        baseline_repeats=_opt_int(path, st, "baseline_repeats", 1) or 3,
+        trial_timeout_s=_opt_num(path, st, "trial_timeout_s") or 600.0,
+        cold=bool(st.get("cold", True)),
+        synth=synth,
+        model_path=model_path,
+        store_path=store_path,
+        suite=suite,
+        objectives=objectives,
+        constraints=constraints,
+        probe_command=tuple(cmd) if cmd else None,
+        work_dir=here,
+    )
+
+
+def _table(path: Path, doc: dict[str, Any], key: str) -> dict[str, Any]:
+    t = doc.get(key)
+    if not isinstance(t, dict):
+        raise StudyFileError(f"{path}: [{key}] table is missing")
+    return t
+
+
+def _opt_int(path: Path, t: dict[str, Any], key: str, minimum: int) -> int | None:
+    v = t.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
+        raise StudyFileError(f"{path}: study.{key} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _opt_num(path: Path, t: dict[str, Any], key: str) -> float | None:
+    v = t.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
+        raise StudyFileError(f"{path}: study.{key} must be a number of seconds > 0, got {v!r}")
+    return float(v) if v is not None else None
+
+
+def _objectives(path: Path, objs: Any) -> tuple[tuple[str, str], ...]:
+    if objs is None:
+        return DEFAULT_OBJECTIVES
+    if not isinstance(objs, list) or not objs:
+        raise StudyFileError(f"{path}: [[objectives]] must be a non-empty array of tables")
+    out = []
+    for i, o in enumerate(objs):
+        metric, direction = o.get("metric"), o.get("direction")
+        if metric not in METRICS:
+            raise StudyFileError(
+                f"{path}: objectives[{i}].metric: unknown metric {metric!r}; "
+                f"known: {', '.join(METRICS)}"
+            )
+        if direction not in ("maximize", "minimize"):
+            raise StudyFileError(
+                f"{path}: objectives[{i}].direction must be 'maximize' or 'minimize'"
+            )
+        out.append((metric, direction))
+    if len({m for m, _ in out}) != len(out):
+        raise StudyFileError(f"{path}: [[objectives]] names a metric twice")
+    return tuple(out)
+
+
+def _constraints(path: Path, table: Any) -> tuple[Constraint, ...]:
+    if not isinstance(table, dict):
+        raise StudyFileError(f"{path}: [constraints] must be a table of metric = {{ max = x }}")
+    out = []
+    for metric, bound in table.items():
+        key = f"constraints.{metric}"
+        if metric not in METRICS:
+            raise StudyFileError(
+                f"{path}: {key}: unknown metric {metric!r}; known: {', '.join(METRICS)}"
+            )
+        if not isinstance(bound, dict) or len(bound) != 1 or set(bound) - {"max", "min"}:
+            raise StudyFileError(f"{path}: {key} must be {{ max = x }} or {{ min = x }}")
+        ((kind, v),) = bound.items()
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise StudyFileError(f"{path}: {key}.{kind} must be a number, got {v!r}")
+        out.append(Constraint(metric, **{kind: float(v)}))
+    return tuple(out)
+
+
+def _model(
+    path: Path, here: Path, m: dict[str, Any]
+) -> tuple[dict[str, Any] | None, Path | None, Path | None]:
+    given = [k for k in ("synth", "path", "store") if k in m]
+    if len(given) != 1:
+        raise StudyFileError(f"{path}: [model] needs exactly one of synth, path, store")
+    if "synth" in given:
+        s = m["synth"]
+        if not isinstance(s, dict) or s.get("family") not in SYNTH_FAMILIES:
+            raise StudyFileError(f"{path}: model.synth.family must be one of {SYNTH_FAMILIES}")
+        if s.get("preset", "tiny") not in SYNTH_PRESETS:
+            raise StudyFileError(f"{path}: model.synth.preset must be one of {SYNTH_PRESETS}")
+        spec = {"family": s["family"], "preset": s.get("preset", "tiny"), "seed": s.get("seed", 0)}
+        return spec, None, None
+    p = here / m[given[0]]
+    if given == ["path"]:
+        if not (p / "config.json").is_file():
+            raise StudyFileError(f"{path}: model.path: {p} is not a checkpoint (no config.json)")
+        return None, p, None
+    if not p.is_dir():
+        raise StudyFileError(f"{path}: model.store: {p} not found; pack one with `moe-engine pack`")
+    return None, None, p

@@ -1,0 +1,141 @@
+"""One measurement: `python -m engine probe` in a child process, with a timeout.
+
+The child gets its own process group so a hang is killed with everything it spawned, and so a
+terminal Ctrl-C reaches only us (we decide what happens to the child). Whatever goes wrong --
+non-zero exit, a signal (OOM killer), a hang, output that is not the metrics JSON -- comes back
+as a `ProbeResult` with `error` set, never as an exception: one bad trial must not end a study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import EngineConfig
+
+
+@dataclass
+class ProbeResult:
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    wall_s: float = 0.0
+
+
+def probe_argv(
+    template: tuple[str, ...] | None,
+    *,
+    store: Path,
+    config: Path,
+    suite: Path | None,
+    repeats: int,
+    cold: bool,
+) -> list[str]:
+    """The child's argv: the real probe, or a study's (test-only) template filled in."""
+    mode = "--cold" if cold else "--warm"
+    if template is None:
+        argv = [sys.executable, "-m", "engine", "probe", str(store), "--config", str(config)]
+        if suite is not None:
+            argv += ["--suite", str(suite)]
+        return [*argv, mode, "--repeats", str(repeats), "--json"]
+    fill = {
+        "python": sys.executable,
+        "store": str(store),
+        "config": str(config),
+        "repeats": str(repeats),
+        "mode": mode,
+        "suite": str(suite or ""),
+    }
+    return [part.format(**fill) for part in template]
+
+
+def run_probe(
+    config: EngineConfig,
+    *,
+    store: Path,
+    suite: Path | None,
+    repeats: int,
+    cold: bool,
+    timeout_s: float,
+    required: list[str],
+    template: tuple[str, ...] | None = None,
+    on_start: Any = None,
+) -> ProbeResult:
+    """Run one probe; `required` metrics must be finite numbers. on_start(pid) is told the pid."""
+    with tempfile.TemporaryDirectory(prefix="autoresearch-trial-") as tmp:
+        cfg = Path(tmp) / "config.toml"
+        config.to_toml(cfg)
+        argv = probe_argv(
+            template, store=store, config=cfg, suite=suite, repeats=repeats, cold=cold
+        )
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        if on_start is not None:
+            on_start(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            proc.communicate()
+            return ProbeResult(
+                error=f"hang: no result after {timeout_s:g} s (trial_timeout_s); killed",
+                wall_s=time.monotonic() - t0,
+            )
+        except BaseException:
+            # Ctrl-C or anything else: never leave an orphan probe reading the disk.
+            kill_group(proc.pid)
+            proc.communicate()
+            raise
+        wall = time.monotonic() - t0
+    if proc.returncode < 0:
+        sig = signal.Signals(-proc.returncode).name
+        hint = " (out of memory?)" if sig == "SIGKILL" else ""
+        return ProbeResult(error=f"crash: probe killed by {sig}{hint}", wall_s=wall)
+    if proc.returncode != 0:
+        return ProbeResult(
+            error=f"crash: probe exited {proc.returncode}: {_last_line(err) or '(no stderr)'}",
+            wall_s=wall,
+        )
+    metrics, error = parse_metrics(out, required)
+    return ProbeResult(metrics=metrics, error=error, wall_s=wall)
+
+
+def parse_metrics(stdout: str, required: list[str]) -> tuple[dict[str, Any], str | None]:
+    """The last stdout line as the metrics object; the error names what is wrong with it."""
+    line = _last_line(stdout)
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return {}, f"garbage: last stdout line is not JSON: {line[:120]!r}"
+    if not isinstance(data, dict):
+        return {}, f"garbage: last stdout line is JSON but not an object: {line[:120]!r}"
+    for m in required:
+        v = data.get(m)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return data, f"garbage: metric {m!r} is missing or not a finite number ({v!r})"
+    return data, None
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""

@@ -1,0 +1,113 @@
+"""Store variants: one packed store per (bits, group size, layout), built on first use, reused.
+
+Variants live next to the study file under `stores/<model>-b<bits>-g<group>-<layout>`; a
+synthesized model lives under `models/<family>-<preset>-s<seed>`. Both are built atomically by
+the engine (temp dir + rename), so a run killed mid-pack leaves nothing half-built behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.errors import VariantError
+from autoresearch.study_file import StudySpec
+from engine.errors import EngineError, StoreExists
+from engine.store import Store
+
+DEFAULT_VARIANT = (16, 64, "natural")
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    path: Path
+    fingerprint: str
+    expert_bytes: int  # all experts of all layers: what cache_fraction is a fraction of
+    bits: int
+    group_size: int | None
+    layout: str
+
+
+class Variants:
+    """Resolves a trial's (quant_bits, quant_group_size, layout) to an opened store."""
+
+    def __init__(self, spec: StudySpec, progress: bool = True) -> None:
+        self.spec = spec
+        self.progress = progress
+        self._cache: dict[tuple[int, int, str], StoreInfo] = {}
+
+    def model_dir(self) -> Path:
+        """The source checkpoint; a synth model is synthesized here the first time."""
+        if self.spec.model_path is not None:
+            return self.spec.model_path
+        s = self.spec.synth
+        assert s is not None
+        out = self.spec.work_dir / "models" / f"{s['family']}-{s['preset']}-s{s['seed']}"
+        if not (out / "config.json").is_file():
+            from engine.synth import synthesize
+
+            try:
+                synthesize(out, family=s["family"], preset=s["preset"], seed=s["seed"])
+            except StoreExists:
+                pass  # another worker won the race; its checkpoint is complete
+            except EngineError as e:
+                raise VariantError(f"{self.spec.path}: model.synth: {e}") from e
+        return out
+
+    def suite(self) -> Path | None:
+        """The probe suite: the study's, else the checkpoint's own probe_suite.toml if any."""
+        if self.spec.suite is not None:
+            return self.spec.suite
+        if self.spec.store_path is not None:
+            return None
+        p = self.model_dir() / "probe_suite.toml"
+        return p if p.is_file() else None
+
+    def get(self, bits: int | None, group_size: int | None, layout: str | None) -> StoreInfo:
+        if self.spec.store_path is not None:
+            return self._open(self.spec.store_path)
+        key = (
+            bits or DEFAULT_VARIANT[0],
+            group_size or DEFAULT_VARIANT[1],
+            layout or DEFAULT_VARIANT[2],
+        )
+        if key[0] == 16:
+            key = (16, DEFAULT_VARIANT[1], key[2])  # group size is meaningless unquantized
+        if key in self._cache:
+            return self._cache[key]
+        model = self.model_dir()
+        path = self.spec.work_dir / "stores" / f"{model.name}-b{key[0]}-g{key[1]}-{key[2]}"
+        if not (path / "manifest.json").is_file():
+            from engine.pack import pack
+
+            try:
+                pack(
+                    model,
+                    path,
+                    bits=key[0],
+                    group_size=key[1],
+                    layout=key[2],
+                    progress=self.progress,
+                )
+            except StoreExists:
+                pass  # built concurrently by another worker
+            except EngineError as e:
+                raise VariantError(f"packing variant {path.name} from {model} failed: {e}") from e
+        info = self._open(path)
+        self._cache[key] = info
+        return info
+
+    def _open(self, path: Path) -> StoreInfo:
+        try:
+            store = Store.open(path)
+        except EngineError as e:
+            raise VariantError(f"{self.spec.path}: store {path}: {e}") from e
+        total = len(store.layers) * store.num_experts * store.expert_nbytes
+        return StoreInfo(
+            path=path,
+            fingerprint=store.fingerprint,
+            expert_bytes=total,
+            bits=store.bits,
+            group_size=store.group_size,
+            layout=store.layout,
+        )

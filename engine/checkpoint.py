@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     quant = _quantization(root, config) if stacked else None
     layout = "stacked" if stacked else "hf"
     _check_experts(root, config, tensors, blocks, num_experts, shapes, layout, quant)
+    _check_no_extra_experts(root, config, tensors, blocks, num_experts)
     return Checkpoint(
         root,
         config,
@@ -358,6 +360,25 @@ def _check_experts(
                         "missing from the checkpoint"
                     )
                 _expect(ref, shape, dtypes)
+
+
+def _check_no_extra_experts(
+    root: Path,
+    config: dict[str, Any],
+    tensors: dict[str, TensorRef],
+    blocks: list[MoeBlock],
+    num_experts: int,
+) -> None:
+    """Experts beyond the config's count would silently land in dense/ and break loading."""
+    paths = {b.path for b in blocks}
+    key = family_for(config).num_experts_key
+    for name in tensors:
+        m = re.match(r"^(.*)\.experts\.(\d+)\.", name)
+        if m and m.group(1) in paths and int(m.group(2)) >= num_experts:
+            raise CheckpointError(
+                f"{root}: tensor {name} is expert {m.group(2)}, but config.json key {key!r} "
+                f"says {num_experts} experts; the config does not match the weights"
+            )
 
 
 def _check_uniform_quant(

@@ -165,3 +165,9 @@ def test_bad_variant_parameters(tiny_checkpoint: Callable[[str], Path], tmp_path
         pack(tiny_checkpoint("qwen3_moe"), tmp_path / "s", bits=5, progress=False)
     with pytest.raises(ConfigError, match="layout"):
         pack(tiny_checkpoint("qwen3_moe"), tmp_path / "s", layout="random", progress=False)
+
+
+def test_more_experts_than_config_says(ckpt: Path, tmp_path: Path) -> None:
+    edit_config(ckpt, num_experts=8)
+    with pytest.raises(CheckpointError, match=r"is expert \d+, but config\.json key 'num_experts'"):
+        pack(ckpt, tmp_path / "s", progress=False)

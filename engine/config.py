@@ -22,7 +22,7 @@ PREFETCH_MODES = ("none", "next_layer", "previous_token")
 QUANT_BITS = (16, 8, 4, 3, 2)
 QUANT_GROUP_SIZES = (32, 64, 128)
 LAYOUTS = ("natural", "coactivation")
-COMPUTE_DTYPES = ("model", "float32")
+COMPUTE_DTYPES = ("float32", "model")
 ALIGN = 4096  # O_DIRECT needs buffers, offsets and sizes aligned to the logical block size
 
 MiB = 1 << 20
@@ -63,9 +63,10 @@ class EngineConfig:
     # Hard RAM budget for the whole run (process RSS + engine cache + the store's page-cache
     # pages); None = unlimited. Enforced by shrinking caches and evicting pages.
     memory_budget_bytes: int | None = None
-    # Activation dtype for expert matmuls: "model" (the checkpoint's dtype, matches mlx-lm) or
-    # "float32" (MLX's CPU kernels are much faster with fp32 activations).
-    compute_dtype: str = "model"
+    # Dtype of weights and activations at compute time: "float32" (MLX's CPU kernels are fast
+    # and complete in fp32; its CPU gather_mm supports nothing else) or "model" (the checkpoint's
+    # dtype, e.g. bfloat16: half the RAM for cached 16-bit experts, slower on CPU).
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check_int("cache_bytes", self.cache_bytes, minimum=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import MiB, EngineConfig
+from engine.config import EngineConfig, MiB
 from engine.runtime import Engine, run_summary
 from engine.store import Store
 

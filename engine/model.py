@@ -45,17 +45,22 @@ def _streaming_classes(quant: tuple[int, int] | None):
     return get_classes
 
 
-def load_streaming_model(store: Store) -> tuple[nn.Module, dict[str, Any]]:
-    """The store's model with streaming expert blocks (unbound: call `bind_blocks`)."""
+def load_streaming_model(
+    store: Store, dtype: mx.Dtype | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The store's model with streaming expert blocks (unbound: call `bind`), cast to dtype."""
     quant = None if store.bits >= 16 else (store.bits, int(store.group_size or 64))
     dense = store.dense_dir
     if not (dense / "config.json").is_file():
         raise StoreError(f"{dense / 'config.json'}: missing; re-pack the store")
     try:
-        model, config = load_model(Path(dense), lazy=False, strict=True,
-                                   get_model_classes=_streaming_classes(quant))
+        model, config = load_model(
+            Path(dense), lazy=False, strict=True, get_model_classes=_streaming_classes(quant)
+        )
     except ValueError as e:
         raise StoreError(f"{dense}: non-expert weights do not fit the model ({e})") from e
+    if dtype is not None:
+        model.set_dtype(dtype)  # floating params only; quantized weights stay packed
     layers = tuple(layer for layer, _, _ in moe_blocks(model))
     if layers != store.moe_layers:
         raise StoreError(
@@ -91,6 +96,14 @@ def routers(model: nn.Module, family: Family) -> dict[int, Any]:
 
 def family_of(store: Store) -> Family:
     return family_for(store.config, source=str(store.dense_dir / "config.json"))
+
+
+def load_reference(model_dir: Path, dtype: mx.Dtype | None = mx.float32) -> nn.Module:
+    """mlx-lm's own in-memory model of a checkpoint, cast like the engine computes."""
+    model, _ = load_model(Path(model_dir), lazy=False, strict=True)
+    if dtype is not None:
+        model.set_dtype(dtype)
+    return model
 
 
 def compute_dtype(name: str) -> mx.Dtype | None:

@@ -95,4 +95,3 @@ class ExpertProvider:
     def close(self) -> None:
         if self.prefetcher is not None:
             self.prefetcher.drain()
-

@@ -34,8 +34,10 @@ def load_config(path: str | None, store: Store, *, force: bool) -> EngineConfig:
     config = EngineConfig.from_toml(path)
     tuned_for = load_provenance(path).get("provenance", {}).get("store_fingerprint")
     if tuned_for and tuned_for != store.fingerprint:
-        msg = (f"{path} was tuned on store {tuned_for[:12]} but {store.root} is "
-               f"{store.fingerprint[:12]}; its figures may not hold here")
+        msg = (
+            f"{path} was tuned on store {tuned_for[:12]} but {store.root} is "
+            f"{store.fingerprint[:12]}; its figures may not hold here"
+        )
         if not force:
             raise ConfigError(msg + " (pass --force to run it anyway)")
         print(f"warning: {msg}", file=sys.stderr)

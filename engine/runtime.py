@@ -45,7 +45,10 @@ def check_variant(config: EngineConfig, store: Store) -> None:
     """Store-variant knobs, when set, must describe the store being run."""
     wanted = {
         "quant_bits": (config.quant_bits, store.bits),
-        "quant_group_size": (config.quant_group_size, store.group_size if store.bits < 16 else None),
+        "quant_group_size": (
+            config.quant_group_size,
+            store.group_size if store.bits < 16 else None,
+        ),
         "layout": (config.layout, store.layout),
     }
     for knob, (want, have) in wanted.items():
@@ -66,7 +69,9 @@ class Engine:
         self.store = store if isinstance(store, Store) else Store.open(store)
         check_variant(config, self.store)
         self.family = family_of(self.store)
-        self.model, self.model_config = load_streaming_model(self.store)
+        self.model, self.model_config = load_streaming_model(
+            self.store, compute_dtype(config.compute_dtype)
+        )
         if config.experts_per_token is not None:
             set_experts_per_token(
                 self.model, self.family, config.experts_per_token, self.store.num_experts
@@ -81,25 +86,38 @@ class Engine:
             else None
         )
         self.reader = ExpertReader(
-            self.store, config.io_mode, config.read_chunk_bytes, config.io_threads,
+            self.store,
+            config.io_mode,
+            config.read_chunk_bytes,
+            config.io_threads,
             page_budget=self.page_budget,
         )
         self.cache = ExpertCache(
-            cache_bytes, config.cache_policy, pinned_fraction=config.pinned_fraction,
-            hot=self._hot_keys(), entry_bytes=self.entry_bytes,
+            cache_bytes,
+            config.cache_policy,
+            pinned_fraction=config.pinned_fraction,
+            hot=self._hot_keys(),
+            entry_bytes=self.entry_bytes,
         )
         width = config.prefetch_width or self.top_k
         self.prefetcher = (
             Prefetcher(
-                mode=config.prefetch, depth=config.prefetch_depth, width=width,
-                moe_layers=self.store.moe_layers, routers=routers(self.model, self.family),
-                submit=self.reader.submit, is_cached=self.cache.__contains__,
+                mode=config.prefetch,
+                depth=config.prefetch_depth,
+                width=width,
+                moe_layers=self.store.moe_layers,
+                routers=routers(self.model, self.family),
+                submit=self.reader.submit,
+                is_cached=self.cache.__contains__,
             )
             if config.prefetch != "none"
             else None
         )
         self.provider = ExpertProvider(
-            self.store, self.reader, self.cache, self.prefetcher,
+            self.store,
+            self.reader,
+            self.cache,
+            self.prefetcher,
             compute_dtype(config.compute_dtype),
         )
         for block in streaming_blocks(self.model):
@@ -128,8 +146,9 @@ class Engine:
         for f in self.dense_files:
             evict(f)
         base = current_rss()
-        staging = (cfg.prefetch_depth * (cfg.prefetch_width or self.top_k)
-                   if cfg.prefetch != "none" else 0)
+        staging = (
+            cfg.prefetch_depth * (cfg.prefetch_width or self.top_k) if cfg.prefetch != "none" else 0
+        )
         working = (self.top_k + staging) * self.entry_bytes  # one layer's experts + staged reads
         minimum = base + working
         if cfg.memory_budget_bytes < minimum:
@@ -172,9 +191,12 @@ class Engine:
         vocab = int(self.model_config.get("vocab_size", 0))
         bad = [t for t in prompt if not 0 <= int(t) < vocab] if vocab else []
         if bad:
-            raise ConfigError(f"prompt token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}")
-        return generate(self.model, prompt, max_tokens, eos=eos, keep_logits=keep_logits,
-                        on_token=on_token)
+            raise ConfigError(
+                f"prompt token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}"
+            )
+        return generate(
+            self.model, prompt, max_tokens, eos=eos, keep_logits=keep_logits, on_token=on_token
+        )
 
     def counters(self) -> dict[str, Any]:
         """Cumulative figures since the engine opened (callers diff them around a run)."""
@@ -191,8 +213,12 @@ class Engine:
         }
         if self.prefetcher is not None:
             ps = self.prefetcher.stats
-            out.update(prefetch_predicted=ps.predicted, prefetch_used=ps.used,
-                       prefetch_correct=ps.correct, prefetch_issued=ps.issued)
+            out.update(
+                prefetch_predicted=ps.predicted,
+                prefetch_used=ps.used,
+                prefetch_correct=ps.correct,
+                prefetch_issued=ps.issued,
+            )
         return out
 
     def close(self) -> None:

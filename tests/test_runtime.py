@@ -1,0 +1,184 @@
+"""Engine wiring: failures end with clear errors (never a hang), budgets, the run command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine import pagecache
+from engine.cli import main
+from engine.config import EngineConfig
+from engine.errors import ConfigError, MemoryBudgetError, ReadError
+from engine.runtime import Engine
+from engine.store import Store
+
+PROMPT = [5, 9, 17, 33, 65, 101, 7, 7]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy(store: Store, dst: Path) -> Store:
+    shutil.copytree(store.root, dst)
+    return Store.open(dst)
+
+
+def _run_with_deadline(fn: Callable[[], object], seconds: float = 60) -> BaseException | None:
+    """Run fn in a thread; fail the test if it does not finish (a hang), return what it raised."""
+    box: list[BaseException | None] = [None]
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as e:  # handed back to the test
+            box[0] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "engine hung instead of failing"
+    return box[0]
+
+
+@pytest.mark.parametrize("prefetch", ["none", "next_layer"])
+@pytest.mark.parametrize("io_mode", ["buffered", "direct", "mmap"])
+def test_truncated_layer_file_fails_clearly_without_hanging(
+    packed_store: Callable[..., Store], tmp_path: Path, io_mode: str, prefetch: str
+) -> None:
+    store = _copy(packed_store("qwen3_moe"), tmp_path / "s")
+    victim = store.root / store.layers[-1].file
+    victim.write_bytes(victim.read_bytes()[: store.expert_span])  # only expert slot 0 survives
+    cfg = EngineConfig(cache_bytes=0, io_mode=io_mode, prefetch=prefetch, io_threads=2,
+                       read_chunk_bytes=8192)  # fmt: skip
+
+    def go() -> None:
+        with Engine(store, cfg) as engine:
+            engine.generate(PROMPT, 4)
+
+    err = _run_with_deadline(go)
+    assert isinstance(err, ReadError)
+    assert f"layer {store.layers[-1].layer}" in str(err) and str(victim) in str(err)
+
+
+def test_memory_budget_below_minimum_is_refused(packed_store: Callable[..., Store]) -> None:
+    with pytest.raises(MemoryBudgetError, match="memory_budget_bytes"):
+        Engine(packed_store("qwen3_moe"), EngineConfig(memory_budget_bytes=1 << 20))
+
+
+def test_memory_budget_shrinks_the_cache_and_bounds_page_cache(
+    packed_store: Callable[..., Store],
+) -> None:
+    if not pagecache.SUPPORTED:
+        pytest.skip(pagecache.UNSUPPORTED_NOTE)
+    (ROOT / "build").mkdir(exist_ok=True)
+    # pytest's tmp dir may be tmpfs, where file pages cannot be evicted; use the real disk.
+    dst = ROOT / "build" / f"budget-store-{threading.get_ident()}"
+    shutil.rmtree(dst, ignore_errors=True)
+    store = _copy(packed_store("qwen3_moe"), dst)
+    try:
+        files = [store.root / le.file for le in store.layers]
+        pagecache.evict_all(files)
+        if pagecache.resident_bytes_many(files) > store.expert_span * len(files):
+            pytest.skip(f"{dst}: filesystem keeps pages after FADV_DONTNEED")
+        with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
+            base = probe_engine.entry_bytes * probe_engine.top_k
+        from engine.runtime import current_rss
+
+        budget = current_rss() + base + 6 * store.expert_span
+        cfg = EngineConfig(cache_bytes=1 << 40, io_mode="buffered", memory_budget_bytes=budget)
+        with Engine(store, cfg) as engine:
+            assert engine.cache_bytes < budget  # the cache was shrunk to fit
+            engine.generate(PROMPT, 6)
+            assert engine.page_budget is not None
+            allowance = engine.page_budget.allowance_bytes
+            resident = pagecache.resident_bytes_many(files)
+        assert resident <= allowance + store.expert_span
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
+
+
+def test_variant_knobs_must_match_the_store(packed_store: Callable[..., Store]) -> None:
+    with pytest.raises(ConfigError, match="quant_bits = 4"):
+        Engine(packed_store("qwen3_moe"), EngineConfig(quant_bits=4))
+    with pytest.raises(ConfigError, match="experts_per_token"):
+        Engine(packed_store("qwen3_moe"), EngineConfig(experts_per_token=999))
+
+
+def test_run_cli_json(packed_store: Callable[..., Store], capsys: pytest.CaptureFixture) -> None:
+    store = packed_store("qwen3_moe")
+    assert (
+        main(["run", str(store.root), "--prompt-ids", "1,2,3", "--max-tokens", "5", "--json"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["tokens"]) == 5
+    for key in ("decode_tok_s", "cache_hit_rate", "bytes_read", "memory_bytes", "peak_rss_bytes"):
+        assert key in out
+    assert 0.0 <= out["cache_hit_rate"] <= 1.0
+    assert out["memory_bytes"] >= out["peak_rss_bytes"]
+
+
+def test_run_cli_text_and_config(
+    packed_store: Callable[..., Store], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = packed_store("qwen3_moe")
+    cfg = tmp_path / "c.toml"
+    EngineConfig(cache_bytes=0, prefetch="next_layer").to_toml(cfg)
+    assert main(["run", str(store.root), "--config", str(cfg), "--prompt-ids", "4,5",
+                 "--max-tokens", "3"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines[0].split()) == 3 and "tok/s" in lines[1] and "hit rate 0.0%" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--prompt-ids", "1,x"], "comma-separated integers"),
+        (["--prompt", "hello"], "no tokenizer"),
+        (["--prompt-ids", "1,999999"], "outside the vocabulary"),
+        (["--prompt-ids", "1", "--max-tokens", "0"], "--max-tokens"),
+    ],
+)
+def test_run_cli_bad_input(
+    packed_store: Callable[..., Store],
+    capsys: pytest.CaptureFixture,
+    argv: list[str],
+    message: str,
+) -> None:
+    assert main(["run", str(packed_store("qwen3_moe").root), *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_run_cli_missing_store_and_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["run", str(tmp_path / "nope"), "--prompt-ids", "1"]) == 1
+    assert "no such store" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[engine]\nio_mode = 'floppy'\n")
+    with pytest.raises(ConfigError, match="io_mode"):
+        EngineConfig.from_toml(bad)
+
+
+def test_tuned_file_for_another_store_is_refused_without_force(
+    packed_store: Callable[..., Store], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = packed_store("qwen3_moe")
+    tuned = tmp_path / "tuned.toml"
+    EngineConfig().to_toml(tuned, {"provenance": {"store_fingerprint": "0" * 64}})
+    argv = [
+        "run",
+        str(store.root),
+        "--config",
+        str(tuned),
+        "--prompt-ids",
+        "1",
+        "--max-tokens",
+        "2",
+    ]
+    assert main(argv) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    assert "warning" in capsys.readouterr().err

@@ -37,20 +37,23 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str],
 def mlx_quantized_checkpoint(
     tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], Path]:
-    """mlx_quantized_checkpoint(family) -> what the real `mlx_lm convert -q` writes (4-bit,
-    group 64) from the tiny checkpoint: stacked switch_mlp experts, `quantization` in config."""
+    """mlx_quantized_checkpoint(family, quantize=True) -> what the real `mlx_lm convert -q`
+    writes (4-bit, group 64) from the tiny checkpoint: stacked switch_mlp experts,
+    `quantization` in config. quantize=False: plain `mlx_lm convert` (stacked, unquantized)."""
     root = tmp_path_factory.mktemp("mlx_q")
-    cache: dict[str, Path] = {}
+    cache: dict[tuple[str, bool], Path] = {}
 
-    def get(family: str) -> Path:
-        if family not in cache:
-            out = root / family
+    def get(family: str, quantize: bool = True) -> Path:
+        if (family, quantize) not in cache:
+            out = root / f"{family}-{'q' if quantize else 'fp'}"
             cmd = [sys.executable, "-m", "mlx_lm", "convert", "--hf-path",
-                   str(tiny_checkpoint(family)), "--mlx-path", str(out), "-q"]  # fmt: skip
+                   str(tiny_checkpoint(family)), "--mlx-path", str(out)]  # fmt: skip
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local dir must never need the network
-            subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=300)
-            cache[family] = out
-        return cache[family]
+            subprocess.run(
+                cmd + ["-q"] * quantize, check=True, capture_output=True, env=env, timeout=300
+            )
+            cache[family, quantize] = out
+        return cache[family, quantize]
 
     return get
 

@@ -161,6 +161,21 @@ def test_mlx_community_store_round_trips(mlx_quantized_checkpoint, tmp_path: Pat
         pack(src_dir, tmp_path / "other", bits=2, progress=False)
 
 
+def test_unquantized_mlx_convert_round_trips(mlx_quantized_checkpoint, tmp_path: Path) -> None:
+    src_dir = mlx_quantized_checkpoint("qwen3_moe", quantize=False)
+    store = pack(src_dir, tmp_path / "store", bits=4, progress=False)
+    ckpt = open_checkpoint(src_dir)
+    assert ckpt.layout == "stacked" and ckpt.quant is None
+    src = source_tensors(src_dir)
+    for block in ckpt.blocks:
+        for e in (0, 9):
+            got = read_expert(store, block.layer, e)
+            w = src[f"{block.path}.switch_mlp.down_proj.weight"][e]
+            q, s, b = mx.quantize(w, group_size=64, bits=4)
+            assert same(got["down_proj.weight"], q) and same(got["down_proj.scales"], s)
+            assert same(got["down_proj.biases"], b)
+
+
 def test_coactivation_layout_is_a_permutation_with_profile(tiny_checkpoint, packed_store) -> None:
     store = packed_store("qwen3_moe", layout="coactivation")
     natural = packed_store("qwen3_moe")

@@ -70,6 +70,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Measure one config on a fixed probe suite: speed, latency, I/O, memory and quality.
+
+    Prints every metric of DESIGN.md (one JSON object with --json). Cold runs evict the store
+    from the OS page cache first; warm runs do one unmeasured pass first. Quality (kl_mean,
+    top1_agreement) is teacher-forced against a cached full-precision reference run.
+    """
+    from engine.probe_cmd import probe_command
+
+    return probe_command(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Side by side: mlx-lm resident, naive streaming, the given config, disk roofline."""
+    from engine.bench_cmd import bench_command
+
+    return bench_command(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthesize a small model, pack it, verify it and run it: the quick start's main job."""
     from engine.demo import demo
@@ -123,6 +142,47 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--force", action="store_true", help="run a tuned config on a store it was not tuned for"
     )
+
+    sp = add("probe", cmd_probe)
+    sp.add_argument("store", help="store directory")
+    sp.add_argument("--suite", help="probe suite TOML (default: the store's own, else shipped)")
+    sp.add_argument("--config", help="EngineConfig TOML")
+    temp = sp.add_mutually_exclusive_group()
+    temp.add_argument(
+        "--cold",
+        dest="cold",
+        action="store_true",
+        default=True,
+        help="evict the store from the OS page cache before each repeat (default)",
+    )
+    temp.add_argument(
+        "--warm",
+        dest="cold",
+        action="store_false",
+        help="one unmeasured pass first, page cache left warm",
+    )
+    sp.add_argument("--repeats", type=int, default=1, help="fresh engine per repeat")
+    sp.add_argument(
+        "--reference",
+        help="model dir or 16-bit store for quality "
+        "(default: the store's source checkpoint, else the store if 16-bit)",
+    )
+    sp.add_argument("--no-quality", action="store_true", help="skip kl_mean/top1_agreement")
+    sp.add_argument("--trace", help="write the routing trace (.npz) of the first repeat here")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument(
+        "--force", action="store_true", help="probe a tuned config on a store it was not tuned for"
+    )
+
+    sp = add("bench", cmd_bench)
+    sp.add_argument("store", help="store directory")
+    sp.add_argument("--config", help="EngineConfig TOML")
+    sp.add_argument("--suite", help="probe suite TOML")
+    sp.add_argument(
+        "--source",
+        help="source checkpoint for the naive baseline (default: the one recorded in the store)",
+    )
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
 
     sp = add("demo", cmd_demo)
     sp.add_argument("--out", default="demo_out", help="working directory for the demo")

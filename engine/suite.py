@@ -1,0 +1,119 @@
+"""Probe suites: fixed prompts, decode lengths and a seed, so runs are comparable.
+
+A suite TOML has `[[prompts]]` tables with `ids = [...]` (token ids) or `text = "..."` (needs a
+tokenizer) and `decode_tokens`; optional `seed`, `name`, `warmup_tokens`, and a `[generated]`
+table (prompts, prompt_tokens, decode_tokens) used when text cannot be encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ProbeError
+
+DEFAULT_WARMUP = 4
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: tuple[int, ...]
+    decode_tokens: int
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    source: str  # file it came from (for messages and provenance)
+    prompts: tuple[Prompt, ...]
+    seed: int
+    warmup_tokens: int
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the measured token ids or lengths change (reference cache key)."""
+        body = json.dumps([[list(p.ids), p.decode_tokens] for p in self.prompts])
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    @property
+    def decode_total(self) -> int:
+        return sum(p.decode_tokens for p in self.prompts)
+
+
+def default_suite_path(store_root: Path | None = None) -> Path:
+    """The store's own suite (synth writes one) if it has one, else the shipped default."""
+    if store_root is not None:
+        own = store_root / "dense" / "probe_suite.toml"
+        if own.is_file():
+            return own
+    return Path(str(resources.files("engine") / "data" / "default_suite.toml"))
+
+
+def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = None) -> Suite:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProbeError(f"{path}: probe suite not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProbeError(f"{path}: not valid TOML ({e})") from None
+    seed = _int(doc, "seed", path, default=0)
+    warmup = _int(doc, "warmup_tokens", path, default=DEFAULT_WARMUP)
+    entries = doc.get("prompts", [])
+    if not isinstance(entries, list):
+        raise ProbeError(f"{path}: `prompts` must be an array of tables ([[prompts]])")
+    prompts: list[Prompt] = []
+    has_ids = all("ids" in e for e in entries) and entries
+    if has_ids or tokenizer is not None:
+        for i, e in enumerate(entries):
+            prompts.append(_prompt(e, i, path, vocab_size, tokenizer))
+    elif "generated" in doc:
+        g = doc["generated"]
+        rng = np.random.default_rng(seed)
+        n, plen = _int(g, "prompts", path, 4), _int(g, "prompt_tokens", path, 48)
+        dec = _int(g, "decode_tokens", path, 64)
+        for _ in range(n):
+            prompts.append(Prompt(tuple(int(t) for t in rng.integers(0, vocab_size, plen)), dec))
+    else:
+        raise ProbeError(
+            f"{path}: prompts are text but the store has no tokenizer; give `ids` or a "
+            "[generated] table"
+        )
+    if not prompts:
+        raise ProbeError(f"{path}: no prompts; add at least one [[prompts]] table")
+    name = str(doc.get("name", path.stem))
+    return Suite(name, str(path), tuple(prompts), seed, warmup)
+
+
+def _prompt(e: dict[str, Any], i: int, path: Path, vocab: int, tokenizer: Any | None) -> Prompt:
+    where = f"{path}: prompts[{i}]"
+    dec = _int(e, "decode_tokens", path, default=32)
+    if dec < 1:
+        raise ProbeError(f"{where}.decode_tokens must be >= 1, got {dec}")
+    if "ids" in e:
+        ids = e["ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) for t in ids):
+            raise ProbeError(f"{where}.ids must be a non-empty list of integers")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ProbeError(f"{where}.ids has {bad[:3]} outside the vocabulary 0..{vocab - 1}")
+        return Prompt(tuple(ids), dec)
+    if "text" in e:
+        if tokenizer is None:
+            raise ProbeError(f"{where}: text prompt but the store has no tokenizer; use ids")
+        return Prompt(tuple(tokenizer.encode(str(e["text"]))), dec)
+    raise ProbeError(f"{where}: needs `ids` or `text`")
+
+
+def _int(doc: dict[str, Any], key: str, path: Path, default: int) -> int:
+    v = doc.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ProbeError(f"{path}: `{key}` must be an integer, got {v!r}")
+    return v

@@ -82,7 +82,7 @@ class Display:
             return
         self.current = Table(title=f"trial {label}", show_header=False)
         for k, v in knobs.items():
-            self.current.add_row(k, str(v))
+            self.current.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
         self._refresh()
 
     def trial_done(self, study: optuna.Study, number: int, done: int) -> None:

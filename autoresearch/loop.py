@@ -65,7 +65,10 @@ def run_study(
         # Trial 0 is the engine's default config, measured with extra repeats: the noise floor.
         params = spec.space.baseline_params()
         study.enqueue_trial(params, user_attrs={"baseline": True, "baseline_knobs": list(params)})
-    variants = Variants(spec, progress=display.interactive)
+    variants = Variants(spec, progress=display.interactive, note=print)
+    if spec.store_path is None:
+        variants.model_dir()  # synthesize before the live display: synth has its own bar
+    variants.note = display.note
     summary = RunSummary()
     t0 = time.monotonic()
     with display:

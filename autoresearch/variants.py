@@ -7,6 +7,7 @@ the engine (temp dir + rename), so a run killed mid-pack leaves nothing half-bui
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,12 @@ class StoreInfo:
 class Variants:
     """Resolves a trial's (quant_bits, quant_group_size, layout) to an opened store."""
 
-    def __init__(self, spec: StudySpec, progress: bool = True) -> None:
+    def __init__(
+        self, spec: StudySpec, progress: bool = False, note: Callable[[str], None] | None = None
+    ) -> None:
         self.spec = spec
-        self.progress = progress
+        self.progress = progress  # a synth progress bar; off while a rich Live display runs
+        self.note = note or (lambda _text: None)
         self._cache: dict[tuple[int, int, str], StoreInfo] = {}
 
     def model_dir(self) -> Path:
@@ -46,8 +50,15 @@ class Variants:
         if not (out / "config.json").is_file():
             from engine.synth import synthesize
 
+            self.note(f"synthesizing {s['preset']} {s['family']} model into {out} (once)")
             try:
-                synthesize(out, family=s["family"], preset=s["preset"], seed=s["seed"])
+                synthesize(
+                    out,
+                    family=s["family"],
+                    preset=s["preset"],
+                    seed=s["seed"],
+                    progress=self.progress,
+                )
             except StoreExists:
                 pass  # another worker won the race; its checkpoint is complete
             except EngineError as e:
@@ -80,15 +91,10 @@ class Variants:
         if not (path / "manifest.json").is_file():
             from engine.pack import pack
 
+            self.note(f"packing store variant {path.name} (once; reused by later trials)")
             try:
-                pack(
-                    model,
-                    path,
-                    bits=key[0],
-                    group_size=key[1],
-                    layout=key[2],
-                    progress=self.progress,
-                )
+                # No progress bar: rich allows one live display and the study's is running.
+                pack(model, path, bits=key[0], group_size=key[1], layout=key[2], progress=False)
             except StoreExists:
                 pass  # built concurrently by another worker
             except EngineError as e:

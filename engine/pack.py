@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -193,7 +194,9 @@ def quantize_expert_tensor(
     return [_to_bytes(q), _to_bytes(s), _to_bytes(b)]
 
 
-def _expert_tensors(ckpt: Checkpoint, parts: list[ExpertPart], quant: dict[str, Any]):
+def _expert_tensors(
+    ckpt: Checkpoint, parts: list[ExpertPart], quant: dict[str, Any]
+) -> Iterator[bytes]:
     """Yield the bytes of an expert's tensors in spec order, one source tensor at a time."""
     for p in parts:
         raw = ckpt.read(p)

@@ -141,7 +141,7 @@ def _one_trial(
     result = run_probe(
         config,
         store=store.path,
-        suite=variants.suite(),
+        suite=spec.suite,  # None: the probe uses the store's own suite
         repeats=repeats,
         cold=spec.cold,
         timeout_s=spec.trial_timeout_s * (repeats / max(spec.repeats, 1)),

@@ -65,15 +65,6 @@ class Variants:
                 raise VariantError(f"{self.spec.path}: model.synth: {e}") from e
         return out
 
-    def suite(self) -> Path | None:
-        """The probe suite: the study's, else the checkpoint's own probe_suite.toml if any."""
-        if self.spec.suite is not None:
-            return self.spec.suite
-        if self.spec.store_path is not None:
-            return None
-        p = self.model_dir() / "probe_suite.toml"
-        return p if p.is_file() else None
-
     def get(self, bits: int | None, group_size: int | None, layout: str | None) -> StoreInfo:
         if self.spec.store_path is not None:
             return self._open(self.spec.store_path)

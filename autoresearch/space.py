@@ -181,6 +181,8 @@ def load_space(path: str | Path) -> Space:
     for name in fixed:
         _check_known(path, f"fixed.{name}", name, known)
     _engine_accepts(path, "fixed", dict(fixed))
+    if not 0 <= fixed.get("cache_fraction", 0) <= 1:
+        raise SpaceError(f"{path}: fixed.cache_fraction must lie in [0, 1]")
     table = doc.get("knobs", {})
     if not isinstance(table, dict) or not table:
         raise SpaceError(f"{path}: [knobs] must hold at least one [knobs.<name>] table")

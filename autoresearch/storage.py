@@ -80,6 +80,11 @@ def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:
         return study
     study = optuna.load_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec))
     stored = study.user_attrs.get(HASH_KEY)
+    if stored is None and not study.trials:
+        # Killed between create_study and tagging it: nothing to be incompatible with.
+        study.set_user_attr(HASH_KEY, spec.digest())
+        study.set_user_attr(IDENTITY_KEY, spec.identity())
+        return study
     if stored != spec.digest():
         old = study.user_attrs.get(IDENTITY_KEY, {})
         new = spec.identity()

@@ -106,3 +106,9 @@ def test_cli_error_is_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["run", str(p)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "model.store" in err
+
+
+def test_status_of_a_study_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = write_study(tmp_path, store=tmp_path)
+    assert main(["status", str(p)]) == 1
+    assert "no study 'study'" in capsys.readouterr().err

@@ -318,7 +318,7 @@ def print_table(result: dict[str, Any]) -> None:
             r["name"],
             *(_fmt(r.get(k), u or "") for k, (_, u) in zip(keys[1:], cols[1:], strict=True)),
         )
-    console = Console()
+    console = Console(width=max(Console().width, 110))  # pipes default to 80: too narrow
     console.print(t)
     ro = result["roofline"]
     for k, v in result["ratios"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine._version import __version__
 from engine.config import EngineConfig
 from engine.errors import (
     CheckpointError,
@@ -15,8 +16,6 @@ from engine.errors import (
     StoreExists,
     UnsupportedModel,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 
@@ -47,10 +48,13 @@ class ExpertProvider:
         self.prefetcher = prefetcher
         self.compute_dtype = compute_dtype
         self.stats = FetchStats()
+        self.tracer: Any = None  # engine.trace.Tracer while a probe records a routing trace
         # What one decoded expert costs in the cache: the arrays we keep, not the disk span.
         self._entry_bytes: int | None = None
 
     def fetch(self, layer: int, experts: list[int], x: mx.array) -> list[Weights]:
+        if self.tracer is not None:
+            self.tracer.on_fetch(layer, experts, x)
         t0 = time.perf_counter()
         st = self.stats
         st.requests += len(experts)

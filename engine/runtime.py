@@ -38,7 +38,38 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
+    """Peak RSS since the last reset_peak_rss() (VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> bool:
+    """Restart peak-RSS tracking (Linux clear_refs), so a probe's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def disk_read_bytes() -> int:
+    """Bytes this process made the kernel fetch from storage (/proc/self/io read_bytes): a
+    page-cache hit costs nothing here, so warm and cold buffered runs differ honestly."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def check_variant(config: EngineConfig, store: Store) -> None:
@@ -208,6 +239,7 @@ class Engine:
             "demand_reads": fs.demand_reads,
             "stall_s": fs.stall_s,
             "bytes_read": self.reader.bytes_read,
+            "disk_read_bytes": disk_read_bytes(),
             "reads": self.reader.reads,
             "cache_used_bytes": self.cache.used_bytes,
         }

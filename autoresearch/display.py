@@ -72,7 +72,7 @@ class Display:
             self.notes.append(text)
             self._refresh()
         else:
-            self.console.print(f"note: {text}", highlight=False)
+            self.console.print(f"note: {text}", highlight=False, soft_wrap=True)
 
     def start_trial(self, number: int, knobs: dict[str, Any], baseline: bool) -> None:
         label = f"{number} (baseline)" if baseline else str(number)

@@ -57,6 +57,8 @@ def run_study(
             f"{spec.path}: neither study.n_trials nor study.timeout_s is set; give one, or "
             "pass --n-trials / --timeout"
         )
+    # Optuna's per-trial INFO lines would interleave with our display; warnings still show.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(spec)
     display = display or Display(spec, n_trials, timeout_s)
     for number in recover_abandoned(study):

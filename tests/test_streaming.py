@@ -206,3 +206,20 @@ def test_streaming_block_equals_switch_glu_for_many_tokens() -> None:
     idx = mx.random.randint(0, n, (2, 40, 3), key=mx.random.key(2))  # 240 pairs: sorted path
     np.testing.assert_allclose(np.array(block(x, idx)), np.array(ref(x, idx)), atol=1e-5)
     assert len(provider.calls) == 1 and provider.calls[0] == sorted(set(np.array(idx).ravel()))
+
+
+@pytest.mark.parametrize("prefetch", ["next_layer", "previous_token"])
+def test_prefetch_never_touches_the_cache(
+    packed_store: Callable[..., Store], prefetch: str
+) -> None:
+    # Guesses wait in staging, so the cache evolves exactly as without prefetch: a wrong guess
+    # can never evict an expert the current (or any) layer still needs.
+    store = packed_store("qwen3_moe")
+    base = EngineConfig(cache_bytes=_all_experts_bytes(store, EngineConfig()) // 5)
+    stats = []
+    for cfg in (base, base.replace(prefetch=prefetch, prefetch_width=12, prefetch_depth=2)):
+        with Engine(store, cfg) as engine:
+            engine.generate(PROMPT, N_NEW)
+            stats.append(engine.cache.stats())
+    for key in ("hits", "misses", "evictions", "insertions"):
+        assert stats[0][key] == stats[1][key], key

@@ -147,6 +147,12 @@ def make_config(
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 # Layers add these to the residual stream: scaled by `drift` so the embedding dominates.
 _OUTPUT_PROJ = re.compile(r"(o_proj|down_proj|\.w2)\.weight$")
+# Attention mixes earlier tokens into the stream, which correlates consecutive tokens' routes
+# beyond the planted topic persistence; it gets a smaller share of the drift.
+_ATTN_SHARE = 0.25
+# A shared expert is a second MLP output per layer; halving it keeps a layer's total drift (and
+# so routing noise) comparable to families without one.
+_SHARED_SHARE = 0.5
 _ROUTER = re.compile(r"\.(mlp|block_sparse_moe)\.gate\.weight$")
 
 
@@ -211,6 +217,10 @@ class TensorMaker:
         std = 1.0 / np.sqrt(shape[-1])
         if _OUTPUT_PROJ.search(name) or name.endswith("shared_expert_gate.weight"):
             std *= self.knobs.drift
+            if "o_proj" in name:
+                std *= _ATTN_SHARE
+            elif "shared_expert" in name:
+                std *= _SHARED_SHARE
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
 

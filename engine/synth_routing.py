@@ -9,8 +9,13 @@ The residual stream of a synthetic model is dominated by the token embedding (la
 so the logit of expert e for token v is ~ skew*pop + topic_strength*[e in pool_l(topic)] +
 token_noise*N(0,1): per-layer popularity skew (log-Zipf), topic persistence (a run of same-topic
 tokens keeps drawing from one pool of experts) and cross-layer predictability (the hidden state
-barely changes between layers). The lm_head makes greedy decoding walk one long cycle through the
-vocabulary in topic runs, so decode keeps that locality instead of collapsing into a loop.
+barely changes between layers). Within a topic, tokens alternate between `n_classes` classes
+(think word pieces vs punctuation) whose pools only partly overlap: as in real models, the very
+next token reuses fewer experts than the last few tokens together do, so an LRU cache hits
+more often than previous-token reuse alone suggests. A "topic" below is one (topic, class) pair.
+
+The lm_head makes greedy decoding walk one long cycle through the vocabulary in topic runs, so
+decode keeps that locality instead of collapsing into a loop.
 """
 
 from __future__ import annotations
@@ -34,18 +39,22 @@ class RoutingKnobs:
     """Tunable routing structure; defaults land on the DESIGN.md targets."""
 
     # Weight of the per-expert log-Zipf popularity in the router logits (0 = no skew).
-    skew: float = 1.0
+    skew: float = 0.8
     # Logit bonus of experts in the current topic's pool (temporal locality).
-    topic_strength: float = 3.0
+    topic_strength: float = 5.0
     # Std of the token-specific logit part (which pool members a token picks).
     token_noise: float = 1.0
-    # Share of a layer's experts each topic prefers; ~1.6x a 25% cache gives realistic LRU hits.
-    pool_fraction: float = 0.4
+    # Share of a layer's experts each (topic, class) prefers.
+    pool_fraction: float = 0.25
+    # Token classes alternating within a topic run, and the share of a class's pool that the
+    # topic's other classes share (1 = classes are routed alike).
+    n_classes: int = 2
+    class_share: float = 0.5
     # Scale of every layer's output into the residual stream: larger = less cross-layer
     # predictability (next-layer recall falls) and noisier decode.
-    drift: float = 0.08
+    drift: float = 0.6
     # Mean tokens per topic run in the decode walk and probe prompts.
-    run_length: float = 12.0
+    run_length: float = 32.0
     # Per-token chance that a probe prompt jumps to a random place of the walk.
     jump_prob: float = 0.04
     # Number of topics; 0 = one per 32 vocabulary entries, capped by hidden size.
@@ -68,16 +77,19 @@ class RoutingPlan:
         self.hidden, self.vocab, self.num_experts, self.knobs = hidden, vocab, num_experts, knobs
         self.seed = seed
         rng = np.random.default_rng([seed, 0x5EED])
+        C = self.n_classes = max(1, knobs.n_classes)
         n_topics = knobs.n_topics or max(2, vocab // 32)
-        self.n_topics = n_topics = min(n_topics, hidden // 2)
-        # u0 and the topic directions are orthonormal so their logit terms do not interfere.
-        q, _ = np.linalg.qr(rng.standard_normal((hidden, n_topics + 1)))
+        self.n_topics = n_topics = max(2, min(n_topics, hidden // (2 * C)))
+        # u0 and the (topic, class) directions are orthonormal so their logit terms do not mix.
+        q, _ = np.linalg.qr(rng.standard_normal((hidden, n_topics * C + 1)))
         self.u0 = q[:, 0]  # [H]
-        self.topic_dirs = q[:, 1:].T  # [T, H]
-        self._basis = q  # [H, T+1]
-        self.cycle, self.topic = self._walk(rng, vocab, n_topics, knobs.run_length)
+        self.topic_dirs = q[:, 1:].T  # [T*C, H], row t*C + c
+        self._basis = q  # [H, T*C+1]
+        self.cycle, topic = self._walk(rng, vocab, n_topics, knobs.run_length)
         self.position = np.empty(vocab, dtype=np.int64)
         self.position[self.cycle] = np.arange(vocab)
+        # Classes alternate along the walk, so consecutive tokens of a run differ in class.
+        self.topic = topic * C + self.position % C  # [V] row of topic_dirs
         r = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
         self.token_dirs = r
 
@@ -123,10 +135,17 @@ class RoutingPlan:
         # log-Zipf popularity over a per-layer random expert order; mean 0 so skew only ranks.
         pop = -np.log1p(rng.permutation(E)).astype(np.float64)
         pop -= pop.mean()
+        C = self.n_classes
         pool = max(1, round(k.pool_fraction * E))
-        affinity = np.zeros((self.n_topics, E))
+        shared = round(k.class_share * pool) if C > 1 else pool
+        own = pool - shared
+        affinity = np.zeros((self.n_topics * C, E))  # [T*C, E]
         for t in range(self.n_topics):
-            affinity[t, rng.choice(E, size=pool, replace=False)] = 1.0
+            # A core shared by the topic's classes + a disjoint part per class.
+            pick = rng.choice(E, size=min(E, shared + C * own), replace=False)
+            for c in range(C):
+                members = np.r_[pick[:shared], pick[shared + c * own : shared + (c + 1) * own]]
+                affinity[t * C + c, members] = 1.0
         g = self._orthogonal_unit(rng.standard_normal((E, H)))  # [E, H]
         s = np.sqrt(H)  # the router sees RMSNorm(h) ~ sqrt(H) * unit embedding
         w = (

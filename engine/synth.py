@@ -247,6 +247,29 @@ def probe_suite(plan: RoutingPlan, preset: Preset, seed: int) -> dict[str, Any]:
     }
 
 
+def write_tokenizer(out: Path, vocab: int) -> None:
+    """A word-level tokenizer for the synthetic vocab ("<s>", "</s>", "w2", ...).
+
+    Real checkpoints ship one, and `mlx_lm convert`/`load` need one; it also lets probes be text.
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    words = {"<s>": 0, "</s>": 1} | {f"w{i}": i for i in range(2, vocab)}
+    tok = Tokenizer(WordLevel(words, unk_token="<s>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    tok.save(str(out / "tokenizer.json"))
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<s>",
+        "model_max_length": 4096,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def synthesize(
     out: Path,
     family: str,
@@ -292,6 +315,7 @@ def synthesize(
         (tmp / "probe_suite.toml").write_bytes(
             tomli_w.dumps(probe_suite(make.plan, p, seed)).encode()
         )
+        write_tokenizer(tmp, config["vocab_size"])
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -64,6 +64,9 @@ class RoutingKnobs:
         return asdict(self)
 
 
+# Token ids 0 (bos) and 1 (eos) are special: off the decode walk.
+N_SPECIAL = 2
+
 # Fractions of the embedding's (unit) norm along the DC, topic and token directions.
 _A_DC, _A_TOPIC, _A_TOK = 0.5, 0.5, float(np.sqrt(0.5))
 
@@ -86,8 +89,8 @@ class RoutingPlan:
         self.topic_dirs = q[:, 1:].T  # [T*C, H], row t*C + c
         self._basis = q  # [H, T*C+1]
         self.cycle, topic = self._walk(rng, vocab, n_topics, knobs.run_length)
-        self.position = np.empty(vocab, dtype=np.int64)
-        self.position[self.cycle] = np.arange(vocab)
+        self.position = np.zeros(vocab, dtype=np.int64)
+        self.position[self.cycle] = np.arange(len(self.cycle))
         # Classes alternate along the walk, so consecutive tokens of a run differ in class.
         self.topic = topic * C + self.position % C  # [V] row of topic_dirs
         r = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
@@ -97,11 +100,14 @@ class RoutingPlan:
     def _walk(
         rng: np.random.Generator, vocab: int, n_topics: int, run_length: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One cycle through all tokens in topic runs; topic[v] is the topic of v's run."""
-        cycle = rng.permutation(vocab)
-        topic = np.empty(vocab, dtype=np.int64)
+        """One cycle through all non-special tokens in topic runs; topic[v] = topic of v's run.
+
+        bos/eos stay off the cycle so greedy decoding never emits them (and never stops early).
+        """
+        cycle = N_SPECIAL + rng.permutation(vocab - N_SPECIAL)
+        topic = np.zeros(vocab, dtype=np.int64)
         pos, prev = 0, -1
-        while pos < vocab:
+        while pos < len(cycle):
             n = max(3, int(rng.geometric(1.0 / run_length)))
             t = int(rng.integers(n_topics - 1))
             t = t + 1 if t >= prev else t  # never the same topic twice in a row
@@ -124,7 +130,7 @@ class RoutingPlan:
     def lm_head(self) -> np.ndarray:
         """[V, H]: the row of succ(v) is v's token direction, so argmax(next) = succ(current)."""
         succ = np.roll(self.cycle, -1)  # succ[i] follows cycle[i]
-        out = np.empty((self.vocab, self.hidden), dtype=np.float32)
+        out = np.zeros((self.vocab, self.hidden), dtype=np.float32)  # specials: logit 0, never top
         out[succ] = self.token_dirs[self.cycle]
         return out
 
@@ -162,14 +168,14 @@ class RoutingPlan:
         rng = np.random.default_rng([self.seed, 0x9809E])
         out = []
         for _ in range(n):
-            pos = int(rng.integers(self.vocab))
+            pos = int(rng.integers(len(self.cycle)))
             ids = []
             for _ in range(length):
                 ids.append(int(self.cycle[pos]))
                 pos = (
-                    int(rng.integers(self.vocab))
+                    int(rng.integers(len(self.cycle)))
                     if rng.random() < self.knobs.jump_prob
-                    else (pos + 1) % self.vocab
+                    else (pos + 1) % len(self.cycle)
                 )
             out.append(ids)
         return out

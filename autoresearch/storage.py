@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,13 @@ def recover_abandoned(study: optuna.Study) -> list[int]:
     host = socket.gethostname()
     retried = []
     for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        w = ft.user_attrs.get("worker", {})
+        w = ft.user_attrs.get("worker")
+        if w is None:
+            # Killed between ask() and tagging the trial; give a live peer a minute to tag it.
+            started = ft.datetime_start or datetime.now()
+            if (datetime.now() - started).total_seconds() < 60:
+                continue
+            w = {"host": host, "pid": 0}
         if w.get("host") != host or _alive(int(w.get("pid", 0))):
             continue
         child = ft.user_attrs.get("child_pid")

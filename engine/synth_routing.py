@@ -259,6 +259,7 @@ class RouteRecord:
     next_layer_recall: float
     decode_distinct: float
     tokens: int
+    decoded: list[list[int]]  # per prompt: greedy tokens (the prompt's last id first)
 
 
 class _Recorder(nn.Module):
@@ -307,6 +308,7 @@ def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None)
     routes: list[dict[int, list[list[int]]]] = []
     hits = total = 0
     distinct: list[float] = []
+    decoded_all: list[list[int]] = []
     n_tokens = 0
     for prompt in prompts:
         for s in sinks.values():
@@ -321,6 +323,7 @@ def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None)
             ids = mx.array([[nxt]])
         decoded = decoded[:-1]  # the last token was predicted but never fed back
         distinct.append(len(set(decoded)) / max(len(decoded), 1))
+        decoded_all.append([int(prompt["ids"][-1]), *decoded])
         per_layer: dict[int, list[list[int]]] = {}
         xs: dict[int, np.ndarray] = {}
         for layer in layers:
@@ -345,4 +348,5 @@ def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None)
         next_layer_recall=hits / max(total, 1),
         decode_distinct=float(np.mean(distinct)) if distinct else 0.0,
         tokens=n_tokens,
+        decoded=decoded_all,
     )

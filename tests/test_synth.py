@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tomllib
 from collections.abc import Callable
@@ -15,7 +16,13 @@ from mlx_lm.utils import load_model
 from engine.cli import main
 from engine.errors import CheckpointError, StoreExists
 from engine.synth import PRESETS, SYNTH_FAMILIES, make_config, synthesize, tensor_plan
-from engine.synth_routing import RoutingKnobs, RoutingPlan, lru_hit_rate, routing_stats
+from engine.synth_routing import (
+    RoutingKnobs,
+    RoutingPlan,
+    lru_hit_rate,
+    record_routing,
+    routing_stats,
+)
 
 # One representative per-expert tensor name per family, as the real HF checkpoints spell it.
 EXPERT_KEY = {
@@ -178,3 +185,18 @@ def test_routing_structure_is_tunable(tmp_path: Path) -> None:
     flat = RoutingKnobs(skew=0.0, topic_strength=0.0)
     s = routing_stats(synthesize(tmp_path / "flat", "mixtral", "tiny", knobs=flat))
     assert s["reuse_vs_chance"] < 1.4, s
+
+
+def test_greedy_decode_follows_the_planted_walk(tiny_checkpoint: Callable[[str], Path]) -> None:
+    # Through the real (noisy) layers greedy decoding still steps to succ(current) almost
+    # always: that is what keeps topic persistence alive during decode.
+    path = tiny_checkpoint("deepseek_v3")
+    synth = json.loads((path / "config.json").read_text())["synth"]
+    p = PRESETS["tiny"]
+    knobs = RoutingKnobs(**{k: v for k, v in synth.items() if k in RoutingKnobs().to_dict()})
+    plan = RoutingPlan(hidden=p.hidden, vocab=p.vocab, num_experts=p.experts, seed=0, knobs=knobs)
+    succ = {int(a): int(b) for a, b in zip(plan.cycle, np.roll(plan.cycle, -1), strict=True)}
+    rec = record_routing(path)
+    steps = [(a, b) for seq in rec.decoded for a, b in itertools.pairwise(seq)]
+    assert len(steps) == p.prompts * p.decode_tokens
+    assert np.mean([succ[a] == b for a, b in steps]) > 0.9

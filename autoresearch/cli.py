@@ -22,6 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     hangs past study.trial_timeout_s or prints garbage is recorded FAIL with its reason.
     Ctrl-C kills the running probe, records it FAIL "interrupted" and re-enqueues it; after a
     kill -9, rerunning the same command marks the abandoned trial FAIL and retries it.
+    --timeout is checked between trials: a running trial is bounded by study.trial_timeout_s.
     """
     from autoresearch.loop import run_study
     from autoresearch.study_file import load_study_file

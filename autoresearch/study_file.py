@@ -31,12 +31,16 @@ Format (paths are relative to the study file; see studies/demo.toml):
     memory_bytes = { max = 8_000_000_000 }   # also handed to the engine as memory_budget_bytes
     kl_mean = { max = 0.05 }
     latency_p99_s = { max = 0.5 }
+
+    [fidelity]
+    screen = "none"                # hook for trace-simulator screening; only "none" for now
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,13 +137,18 @@ class StudySpec:
             "objectives": [list(o) for o in self.objectives],
             "constraints": [[c.metric, c.max, c.min] for c in self.constraints],
             "space": self.space.digest(),
-            "model": self.synth or str(self.model_path or self.store_path),
-            "suite": str(self.suite) if self.suite else None,
+            # Relative to the study file, so moving a checkout keeps the study compatible.
+            "model": self.synth or _rel(self.model_path or self.store_path, self.work_dir),
+            "suite": _rel(self.suite, self.work_dir) if self.suite else None,
             "cold": self.cold,
         }
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
+
+
+def _rel(p: Path | None, base: Path) -> str:
+    return os.path.relpath(p, base) if p is not None else ""
 
 
 def load_study_file(path: str | Path) -> StudySpec:

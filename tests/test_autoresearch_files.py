@@ -112,3 +112,19 @@ def test_status_of_a_study_never_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     p = write_study(tmp_path, store=tmp_path)
     assert main(["status", str(p)]) == 1
     assert "no study 'study'" in capsys.readouterr().err
+
+
+def test_conditions_hold_in_every_sample_and_cache_fraction_maps() -> None:
+    import optuna
+
+    from autoresearch.space import to_config
+
+    sp = load_space(SPACES / "default.toml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(40):
+        knobs = sp.suggest(study.ask())
+        assert ("quant_group_size" in knobs) == (knobs["quant_bits"] < 16)
+        assert ("pinned_fraction" in knobs) == (knobs["cache_policy"] == "pinned")
+        assert ("prefetch_depth" in knobs) == (knobs["prefetch"] != "none")
+    # 0.25 x 1,000,000 bytes = 250,000, rounded down to whole 4 KiB pages: 61 x 4096.
+    assert to_config({"cache_fraction": 0.25}, expert_bytes=1_000_000).cache_bytes == 249_856

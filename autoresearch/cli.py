@@ -31,6 +31,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_study(spec, n_trials=args.n_trials, timeout_s=args.timeout)
     print(f"completed: {summary.completed}")
     print(f"failed: {summary.failed}")
+    if summary.screened:
+        print(f"screened_out: {summary.screened}")
     if summary.interrupted:
         print("interrupted: yes (rerun the same command to resume)")
         return 130

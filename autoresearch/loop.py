@@ -10,8 +10,9 @@ are re-enqueued, so the next `autoresearch run` measures it again; then we exit 
 kill -9: the trial stays RUNNING in storage; the next run marks it FAIL "abandoned" and
 re-enqueues it (storage.recover_abandoned).
 
-Cheap first fidelity (trace simulator screening of cache/prefetch-only candidates) plugs in
-at `_screen`: it is not built yet, so every candidate goes to the real probe.
+Cheap first fidelity (`[fidelity] screen = "trace"`): cache/prefetch-only candidates are first
+estimated by the trace simulator (autoresearch/screen.py); unpromising ones are told PRUNED
+with their estimate and never measured, so the study holds real measurements only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from engine.errors import ConfigError
 class RunSummary:
     completed: int = 0
     failed: int = 0
+    screened: int = 0  # PRUNED by the trace simulator, never measured
     interrupted: bool = False
 
 
@@ -75,7 +77,7 @@ def run_study(
     t0 = time.monotonic()
     with display:
         display.update_front(study)
-        while n_trials is None or summary.completed + summary.failed < n_trials:
+        while n_trials is None or summary.completed + summary.failed + summary.screened < n_trials:
             if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                 break
             try:
@@ -91,9 +93,11 @@ def run_study(
                 summary.interrupted = True
                 display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
                 break
-            summary.completed += ok
-            summary.failed += not ok
-            display.trial_done(study, trial.number, summary.completed + summary.failed)
+            summary.completed += ok is True
+            summary.failed += ok is False
+            summary.screened += ok is None
+            done = summary.completed + summary.failed + summary.screened
+            display.trial_done(study, trial.number, done)
     return summary
 
 
@@ -103,7 +107,8 @@ def _one_trial(
     trial: optuna.Trial,
     variants: Variants,
     display: Display,
-) -> bool:
+) -> bool | None:
+    """True: measured; False: failed; None: screened out by the trace simulator."""
     trial.set_user_attr("worker", worker_attrs())
     baseline = bool(trial.user_attrs.get("baseline"))
     # The baseline suggests only the knobs that can hold the engine default exactly (enqueued
@@ -115,9 +120,6 @@ def _one_trial(
         # engine default so "tuned vs default" compares against what an untuned user gets.
         knobs = {**spec.space.fixed, **knobs}
     display.start_trial(trial.number, knobs, baseline)
-    if not _screen(spec, knobs):
-        _fail(study, trial, "screened out by the trace simulator")
-        return False
     try:
         store = variants.get(
             knobs.get("quant_bits"), knobs.get("quant_group_size"), knobs.get("layout")
@@ -136,6 +138,9 @@ def _one_trial(
         _fail(study, trial, f"config: {e}")
         return False
     trial.set_user_attr("config", config.to_dict())
+    if spec.screen == "trace" and not baseline and not _screen(spec, study, trial, store, config):
+        display.note(f"trial {trial.number}: screened out by the trace simulator")
+        return None
     trial.set_user_attr("store", str(store.path))
     trial.set_user_attr("store_fingerprint", store.fingerprint)
     required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
@@ -165,9 +170,23 @@ def _one_trial(
     return True
 
 
-def _screen(spec: StudySpec, knobs: dict[str, Any]) -> bool:
-    """Cheap first fidelity hook: True = measure for real. The simulator is not built yet."""
-    return True
+_SCREENERS: dict[str, Any] = {}  # store path -> Screener, recorded once per process
+
+
+def _screen(spec: StudySpec, study: optuna.Study, trial: optuna.Trial, store: Any,
+            config: Any) -> bool:  # fmt: skip
+    """True = measure for real; False = told PRUNED with the simulator's estimate."""
+    from autoresearch.screen import Screener
+
+    key = str(store.path)
+    if key not in _SCREENERS:
+        _SCREENERS[key] = Screener.record(store.path, spec.work_dir, spec.screen_keep,
+                                          spec.trial_timeout_s)  # fmt: skip
+    keep, est = _SCREENERS[key].decide(config)
+    trial.set_user_attr("screen_estimate", {k: float(v) for k, v in est.items()})
+    if not keep:
+        study.tell(trial, state=TrialState.PRUNED)
+    return keep
 
 
 def _store_metrics(study: optuna.Study, trial: optuna.Trial, result: ProbeResult) -> None:

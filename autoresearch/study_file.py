@@ -33,7 +33,8 @@ Format (paths are relative to the study file; see studies/demo.toml):
     latency_p99_s = { max = 0.5 }
 
     [fidelity]
-    screen = "none"                # hook for trace-simulator screening; only "none" for now
+    screen = "none"                # "trace": screen candidates with the trace simulator first
+    keep = 0.8                     # measure those estimated >= keep x the best estimate so far
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class StudySpec:
     # Tests only: argv template for the probe child ({python} {store} {config} {repeats} {mode}).
     probe_command: tuple[str, ...] | None = None
     work_dir: Path = field(default=Path("."))
+    screen: str = "none"  # "trace": cheap first fidelity (autoresearch/screen.py)
+    screen_keep: float = 0.8
 
     @property
     def directions(self) -> list[str]:
@@ -192,10 +195,7 @@ def load_study_file(path: str | Path) -> StudySpec:
     cmd = probe.get("probe_command")
     if cmd is not None and (not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd)):
         raise StudyFileError(f"{path}: probe.probe_command must be a list of strings")
-    fidelity = doc.get("fidelity", {})
-    if fidelity.get("screen", "none") != "none":
-        # Hook for the trace-simulator screen (issue 5, item 5): not built yet.
-        raise StudyFileError(f"{path}: fidelity.screen: only 'none' is available for now")
+    screen, keep = _fidelity(path, doc.get("fidelity", {}), space)
     storage = st.get("storage", f"sqlite:///{here / (name + '.db')}")
     return StudySpec(
         path=path,
@@ -218,7 +218,30 @@ def load_study_file(path: str | Path) -> StudySpec:
         constraints=constraints,
         probe_command=tuple(cmd) if cmd else None,
         work_dir=here,
+        screen=screen,
+        screen_keep=keep,
     )
+
+
+def _fidelity(path: Path, t: Any, space: Space) -> tuple[str, float]:
+    from autoresearch.screen import unscreenable
+
+    if not isinstance(t, dict):
+        raise StudyFileError(f"{path}: [fidelity] must be a table")
+    screen = t.get("screen", "none")
+    if screen not in ("none", "trace"):
+        raise StudyFileError(f"{path}: fidelity.screen must be 'none' or 'trace', got {screen!r}")
+    keep = t.get("keep", 0.8)
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
+        raise StudyFileError(f"{path}: fidelity.keep must be a number in (0, 1], got {keep!r}")
+    bad = unscreenable(space.names) if screen == "trace" else []
+    if bad:
+        raise StudyFileError(
+            f"{path}: fidelity.screen = 'trace' needs a space that varies only cache/prefetch "
+            f"knobs, but {space.path} varies {', '.join(bad)}; fix them in [fixed] or use "
+            "screen = 'none'"
+        )
+    return screen, float(keep)
 
 
 def _table(path: Path, doc: dict[str, Any], key: str) -> dict[str, Any]:

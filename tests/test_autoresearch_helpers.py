@@ -6,8 +6,6 @@ hang, garbage, being killed mid-trial); their numbers are placeholders, never re
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -29,30 +27,6 @@ def tiny_model_and_store(root: Path) -> tuple[Path, Path]:
         pack(model, store, progress=False)
         _BUILT.update(model=model, store=store)
     return _BUILT["model"], _BUILT["store"]
-
-
-def probe_missing(store: Path) -> str | None:
-    """Why `python -m engine probe` cannot run yet (not wired), or None when it is there.
-
-    Only "not wired" skips: a probe that exists but fails must fail the end-to-end test.
-    """
-    r = subprocess.run(
-        [sys.executable, "-m", "engine", "probe", str(store), "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    if r.returncode != 0:
-        return r.stderr.strip().splitlines()[-1]
-    r = subprocess.run(
-        [sys.executable, "-c", "import engine.cli as c; c.cmd_probe(None)"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    if "No module named 'engine." in r.stderr:
-        return r.stderr.strip().splitlines()[-1]
-    return None
 
 
 STAND_IN = textwrap.dedent(

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_autoresearch_helpers import REPO, probe_missing, tiny, write_study
+from test_autoresearch_helpers import REPO, tiny, write_study
 
 from autoresearch.cli import main
 from autoresearch.errors import IncompatibleStudy
@@ -151,9 +151,6 @@ def test_ctrl_c_fails_and_requeues_running_trial(tmp_path: Path, tiny: tuple[Pat
 @pytest.mark.slow
 def test_real_probe_end_to_end(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     """Real `python -m engine probe` trials on tiny store variants packed on demand."""
-    missing = probe_missing(tiny[1])
-    if missing:
-        pytest.skip(f"`python -m engine probe` has not landed yet: {missing}")
     p = write_study(
         tmp_path,
         model=tiny[0],

@@ -138,8 +138,9 @@ class RoutingPlan:
         """[E, H] router of one MoE layer (row e scores expert e)."""
         k, E, H = self.knobs, self.num_experts, self.hidden
         rng = np.random.default_rng([self.seed, 0x60A7E, layer])
-        # log-Zipf popularity over a per-layer random expert order; mean 0 so skew only ranks.
-        pop = -np.log1p(rng.permutation(E)).astype(np.float64)
+        # log-Zipf popularity over a per-layer random expert order, by rank *quantile* (64 =
+        # the calibration size) so every preset gets the same skew profile; mean 0.
+        pop = -np.log1p(rng.permutation(E) * (64.0 / E)).astype(np.float64)
         pop -= pop.mean()
         C = self.n_classes
         pool = max(1, round(k.pool_fraction * E))
@@ -296,7 +297,7 @@ def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None)
     from mlx_lm.utils import load_model
 
     prompts = prompts if prompts is not None else load_suite(model_dir)
-    model, config = load_model(model_dir, strict=True)
+    model, config = load_model(model_dir, lazy=True, strict=True)
     model.set_dtype(mx.float32)  # mlx CPU gather_mm runs float32 only; routing is unchanged
     family = family_for(config)
     blocks = moe_blocks(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 from engine.errors import EngineError
@@ -49,6 +50,101 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    """Re-measure the Pareto front (and trials within the noise floor of it) K more times.
+
+    Each re-measurement runs in the same child-process probe runner as `run`, interleaved with
+    the baseline (B, T1, B, T2, ...) so drift hits both; medians, spreads, raw samples and
+    paired ratios to the baseline go to the study user attr confirmed_trial_<N>. show, export
+    and report then use these figures. Original trial attrs (and samples) are left as they were.
+    """
+    from autoresearch.confirm import confirm_study
+    from autoresearch.study_file import load_study_file
+
+    spec = load_study_file(args.study)
+    summary = confirm_study(spec, repeats=args.repeats)
+    first = spec.objectives[0][0]
+    for number, rec in summary.records.items():
+        before, after = rec["before"].get(first), rec["metrics"].get(first)
+        ratio = rec["ratio_to_baseline"].get(first)
+        moved = f"{before:.4g} -> " if before is not None else ""
+        now = f"{after:.4g} ± {rec['spread'].get(first, 0):.2g}" if after is not None else "n/a"
+        vs = f" (x{ratio:.3g} baseline)" if ratio is not None else ""
+        print(f"confirmed trial {number}: {first} {moved}{now}{vs}, {rec['repeats']} runs")
+    for f in summary.failures:
+        print(f"failed: {f}")
+    print(f"runs: {summary.runs}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a picked trial's EngineConfig TOML for `python -m engine run|probe --config`.
+
+    --pick fastest (max decode_tok_s), smallest (min memory_bytes) or balanced (closest to
+    the utopia point, objectives scaled to [0, 1]); --trial N exports that trial. Limits
+    (--max-memory, --max-kl) filter first; if no trial fits, the command fails naming the
+    closest one. Confirmed figures are used where present. [provenance] records the study,
+    trial, machine, model and store fingerprints, engine version and metrics with spread and
+    ratio to the baseline; `engine run` refuses the file on another store without --force.
+    --format json writes the same content as JSON (for other tools; engine reads TOML).
+    """
+    from autoresearch.export import Limits, export
+    from autoresearch.results import load_results
+    from autoresearch.study_file import load_study_file
+
+    res = load_results(load_study_file(args.study))
+    out = Path(args.output or f"tuned.{args.format}")
+    f = export(
+        res,
+        out,
+        pick=args.pick,
+        limits=Limits(max_memory=args.max_memory, max_kl=args.max_kl),
+        trial=args.trial,
+        fmt=args.format,
+        store=args.store,
+        force=args.force,
+    )
+    print(f"exported: {out}")
+    print(f"trial: {f.number} ({args.pick if args.trial is None else 'given'})")
+    print(f"measurement: {f.note}")
+    for m, _ in res.objectives:
+        ratio = f.ratio.get(m)
+        vs = f" (x{ratio:.3g} baseline)" if ratio is not None else ""
+        print(f"{m}: {f.fmt(m)}{vs}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Rich tables: the Pareto front with spreads, best per objective, knob importances per
+    objective, failures grouped by reason and the noise floor."""
+    from autoresearch.show import show
+    from autoresearch.study_file import load_study_file
+
+    show(load_study_file(args.study))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write one self-contained HTML report (plotly.js inline: works offline)."""
+    from autoresearch.report import write_report
+    from autoresearch.study_file import load_study_file
+
+    print(f"report: {write_report(load_study_file(args.study), Path(args.output))}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Launch optuna-dashboard on the study's storage, bound to 127.0.0.1.
+
+    Needs the optional dependency: pip install optuna-dashboard (or the `dashboard` extra).
+    `optuna-dashboard sqlite:///studies/<name>.db` works directly as well.
+    """
+    from autoresearch.dashboard import run_dashboard
+    from autoresearch.study_file import load_study_file
+
+    return run_dashboard(load_study_file(args.study), port=args.port)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoresearch", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,6 +167,32 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("status", cmd_status)
     sp.add_argument("study", help="study TOML")
+
+    sp = add("confirm", cmd_confirm)
+    sp.add_argument("study", help="study TOML")
+    sp.add_argument("--repeats", type=int, default=3, help="re-measurements per trial (3)")
+
+    sp = add("export", cmd_export)
+    sp.add_argument("study", help="study TOML")
+    sp.add_argument("--pick", choices=("fastest", "smallest", "balanced"), default="balanced")
+    sp.add_argument("--max-memory", type=float, metavar="BYTES", help="memory_bytes limit")
+    sp.add_argument("--max-kl", type=float, metavar="X", help="kl_mean limit")
+    sp.add_argument("--trial", type=int, metavar="N", help="export trial N instead of a pick")
+    sp.add_argument("-o", "--output", help="output file (default: tuned.toml / tuned.json)")
+    sp.add_argument("--format", choices=("toml", "json"), default="toml")
+    sp.add_argument("--store", help="the store you will run it on: checked against the trial's")
+    sp.add_argument("--force", action="store_true", help="export despite a store mismatch")
+
+    sp = add("show", cmd_show)
+    sp.add_argument("study", help="study TOML")
+
+    sp = add("report", cmd_report)
+    sp.add_argument("study", help="study TOML")
+    sp.add_argument("-o", "--output", default="report.html", help="HTML file (report.html)")
+
+    sp = add("dashboard", cmd_dashboard)
+    sp.add_argument("study", help="study TOML")
+    sp.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (8080)")
     return p
 
 

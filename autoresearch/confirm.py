@@ -1,0 +1,165 @@
+"""`autoresearch confirm`: re-measure the Pareto front so a lucky single run cannot win.
+
+Every front trial, and every trial within the noise floor of the front, is probed `repeats`
+more times in the same child-process runner the loop uses, interleaved with the baseline
+(B, T1, B, T2, ..., then again) so drift (thermal, page cache, other load) hits both sides.
+Ratios to the baseline are medians of the paired ratios T_i / B_i. The trial's original
+`samples` are kept untouched; the re-measurement goes to the study user attr
+`confirmed_trial_<N>` (Optuna refuses user attrs on finished trials).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.results import Figures, confirmed_key, load_results
+from autoresearch.study_file import METRICS, StudySpec
+from autoresearch.trial import run_probe
+from engine.config import EngineConfig
+from engine.errors import ConfigError
+
+
+@dataclass
+class ConfirmSummary:
+    trials: list[int] = field(default_factory=list)  # re-measured, baseline excluded
+    runs: int = 0
+    failures: list[str] = field(default_factory=list)
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def confirm_study(
+    spec: StudySpec, *, repeats: int = 3, note: Callable[[str], None] = print
+) -> ConfirmSummary:
+    """Re-measure the near-front trials `repeats` times each, interleaved with the baseline."""
+    if repeats < 1:
+        raise AutoresearchError(f"--repeats must be >= 1, got {repeats}")
+    res = load_results(spec)
+    base = res.baseline
+    if base is None:
+        raise AutoresearchError(
+            f"{spec.path}: study {spec.name!r} has no completed baseline trial to compare "
+            f"against; run `autoresearch run {spec.path}` first"
+        )
+    targets = [f for f in res.near_front() if not f.is_baseline]
+    required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
+    summary = ConfirmSummary(trials=[f.number for f in targets])
+    note(
+        f"confirm: {len(targets)} trial(s) {summary.trials} x {repeats} repeats, interleaved "
+        f"with baseline trial {base.number}"
+    )
+    base_samples: list[dict[str, float]] = []
+    pairs: dict[int, list[tuple[dict[str, float] | None, dict[str, float]]]] = {
+        f.number: [] for f in targets
+    }
+    errors: dict[int, list[str]] = {f.number: [] for f in targets}
+    errors[base.number] = []
+    for r in range(repeats):
+        for f in targets or [None]:
+            b = _measure(spec, base, required, errors[base.number])
+            summary.runs += 1
+            if b is not None:
+                base_samples.append(b)
+            if f is None:
+                continue  # nothing but the baseline on the front: its repeats are the point
+            t = _measure(spec, f, required, errors[f.number])
+            summary.runs += 1
+            note(f"measured: repeat {r + 1}/{repeats} baseline {_short(b)} trial {f.number} "
+                 f"{_short(t)}")  # fmt: skip
+            if t is not None:
+                pairs[f.number].append((b, t))
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    for f in targets:
+        rec = _record(f, pairs[f.number], errors[f.number], when, base.number, repeats)
+        res.study.set_user_attr(confirmed_key(f.number), rec)
+        summary.records[f.number] = rec
+        summary.failures += [f"trial {f.number}: {e}" for e in errors[f.number]]
+    brec = _record(base, [(None, b) for b in base_samples], errors[base.number], when,
+                   base.number, len(base_samples))  # fmt: skip
+    brec["ratio_to_baseline"] = {m: 1.0 for m in brec["metrics"]}
+    res.study.set_user_attr(confirmed_key(base.number), brec)
+    summary.records[base.number] = brec
+    summary.failures += [f"baseline trial {base.number}: {e}" for e in errors[base.number]]
+    return summary
+
+
+def _measure(
+    spec: StudySpec, f: Figures, required: list[str], errors: list[str]
+) -> dict[str, float] | None:
+    """One probe run (repeats=1) of the trial's exact stored config; None when it failed."""
+    ua = f.trial.user_attrs
+    try:
+        config = EngineConfig.from_dict(ua["config"], source=f"trial {f.number} config")
+        store = Path(ua["store"])
+    except (KeyError, ConfigError) as e:
+        raise AutoresearchError(
+            f"{spec.path}: trial {f.number} has no usable stored config/store ({e}); it was "
+            "not recorded by `autoresearch run`, so it cannot be re-measured"
+        ) from e
+    t0 = time.monotonic()
+    result = run_probe(
+        config,
+        store=store,
+        suite=spec.suite,
+        repeats=1,
+        cold=spec.cold,
+        timeout_s=spec.trial_timeout_s,
+        required=required,
+        template=spec.probe_command,
+    )
+    if result.error is not None:
+        errors.append(f"{result.error} (after {time.monotonic() - t0:.1f} s)")
+        return None
+    return {
+        m: float(v)
+        for m, v in result.metrics.items()
+        if m in METRICS and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _record(
+    f: Figures,
+    pairs: list[tuple[dict[str, float] | None, dict[str, float]]],
+    errors: list[str],
+    when: str,
+    baseline: int,
+    asked: int,
+) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {}
+    for _, t in pairs:
+        for m, v in t.items():
+            samples.setdefault(m, []).append(v)
+    ratios: dict[str, float] = {}
+    for m in samples:
+        rs = [t[m] / b[m] for b, t in pairs if b is not None and b.get(m) and m in t]
+        if rs:
+            ratios[m] = statistics.median(rs)
+    return {
+        "when": when,
+        "repeats": len(pairs),
+        "asked": asked,
+        "baseline_trial": baseline,
+        "metrics": {m: statistics.median(v) for m, v in samples.items()},
+        "spread": {m: (max(v) - min(v)) / 2 for m, v in samples.items()},
+        "samples": samples,
+        "ratio_to_baseline": ratios,
+        # The in-loop single measurement, so a reader sees how much the front moved.
+        "before": {m: v for m, v in f.trial.user_attrs.items() if m in METRICS and _num(v)},
+        "failures": errors,
+    }
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _short(m: dict[str, float] | None) -> str:
+    if m is None:
+        return "FAILED"
+    return f"decode_tok_s={m.get('decode_tok_s', float('nan')):.4g}"

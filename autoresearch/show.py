@@ -1,0 +1,183 @@
+"""`autoresearch show`: what a study found, as rich tables.
+
+The Pareto front (each metric with its spread, confirmed or not), the best trial per
+objective, knob importances per objective (Optuna's default evaluator), failures grouped by
+reason and the noise floor. Works from one completed trial up.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from autoresearch.results import UNCONFIRMED, Figures, Results, load_results
+from autoresearch.study_file import StudySpec
+
+MIN_IMPORTANCE_TRIALS = 3  # fANOVA on fewer trials ranks noise
+
+
+def show(spec: StudySpec, console: Console | None = None) -> Results:
+    console = console or Console()
+    res = load_results(spec)
+    trials = res.study.get_trials(deepcopy=False)
+    counts = defaultdict(int)
+    for t in trials:
+        counts[t.state.name.lower()] += 1
+    console.print(
+        f"study: {spec.name}  storage: {spec.storage}  trials: {len(trials)} ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        + f"), feasible: {len(res.figures)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(pareto_table(res))
+    console.print(best_table(res))
+    for table_or_line in importance_tables(res):
+        console.print(table_or_line)
+    console.print(failure_table(res))
+    console.print(noise_table(res))
+    return res
+
+
+def pareto_table(res: Results) -> Table | str:
+    front = res.front()
+    if not front:
+        return "Pareto front: none yet (no feasible completed trial)"
+    extra = [m for m in ("latency_p99_s",) if m not in dict(res.objectives)]
+    t = Table(title="Pareto front (feasible; median ± spread)")
+    if any(f.confirmed is None for f in front):
+        t.caption = f"unconfirmed = {UNCONFIRMED}; `autoresearch confirm` re-measures the front"
+    t.add_column("trial")
+    for m, d in res.objectives:
+        t.add_column(f"{m} ({'max' if d == 'maximize' else 'min'})", justify="right")
+    for m in extra:
+        t.add_column(m, justify="right")
+    t.add_column("x baseline", justify="right")
+    t.add_column("measured")
+    t.add_column("knobs")
+    first = res.objectives[0][0]
+    for f in sorted(front, key=lambda f: f.number):
+        ratio = f.ratio.get(first)
+        t.add_row(
+            f.label,
+            *(f.fmt(m) for m, _ in res.objectives),
+            *(f.fmt(m) for m in extra),
+            f"{ratio:.2f}" if ratio is not None else "-",
+            short_note(f),
+            knobs(f),
+        )
+    return t
+
+
+def short_note(f: Figures) -> str:
+    return "unconfirmed" if f.confirmed is None else f"confirmed x{f.confirmed.get('repeats')}"
+
+
+def knobs(f: Figures) -> str:
+    def v(x: Any) -> str:
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+    return " ".join(f"{k}={v(x)}" for k, x in f.trial.params.items())
+
+
+def best_table(res: Results) -> Table | str:
+    if not res.figures:
+        return "best per objective: none yet"
+    t = Table(title="best trial per objective")
+    for col in ("objective", "trial", "median ± spread", "vs baseline", "measurement"):
+        t.add_column(col)
+    for m, d in res.objectives:
+        have = [f for f in res.figures if m in f.medians]
+        if not have:
+            t.add_row(m, "-", "-", "-", "-")
+            continue
+        sign = 1.0 if d == "maximize" else -1.0
+        best = max(have, key=lambda f: (sign * f.medians[m], -f.number))
+        ratio = best.ratio.get(m)
+        t.add_row(f"{d} {m}", best.label, best.fmt(m),
+                  f"x{ratio:.3g}" if ratio is not None else "-", best.note)  # fmt: skip
+    return t
+
+
+def importances(res: Results) -> dict[str, dict[str, float] | str]:
+    """Per objective: knob -> importance, or a line saying why there is none."""
+    done = [t for t in res.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    # The baseline holds only the knobs the engine default fixes; comparing on the searched
+    # trials' shared knobs keeps the others (e.g. cache_fraction) in the analysis.
+    searched = [t for t in done if not t.user_attrs.get("baseline")]
+    names = set.intersection(*(set(t.params) for t in searched)) if searched else set()
+    varied = sorted(n for n in names if len({repr(t.params[n]) for t in searched}) > 1)
+    out: dict[str, dict[str, float] | str] = {}
+    for i, (m, _) in enumerate(res.objectives):
+        if len(searched) < MIN_IMPORTANCE_TRIALS or not varied:
+            out[m] = (
+                f"knob importances for {m}: need >= {MIN_IMPORTANCE_TRIALS} completed searched "
+                f"trials with varied knobs (have {len(searched)}); run more trials"
+            )
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[m] = optuna.importance.get_param_importances(
+                    res.study, params=varied, target=lambda t, i=i: t.values[i]
+                )
+        except (ValueError, RuntimeError) as e:
+            out[m] = f"knob importances for {m}: not computable ({e})"
+    return out
+
+
+def importance_tables(res: Results) -> list[Table | str]:
+    out: list[Table | str] = []
+    for m, imp in importances(res).items():
+        if isinstance(imp, str):
+            out.append(imp)
+            continue
+        t = Table(title=f"knob importance for {m} (fANOVA)")
+        t.add_column("knob")
+        t.add_column("importance", justify="right")
+        for k, v in imp.items():
+            t.add_row(k, f"{v:.3f}")
+        out.append(t)
+    return out
+
+
+def failure_groups(res: Results) -> dict[str, list[int]]:
+    """Failed trials by reason kind (the text before the first ':', e.g. crash, hang)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for t in res.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        reason = str(t.user_attrs.get("fail_reason", "unknown (no fail_reason recorded)"))
+        groups[reason.split(":", 1)[0].strip()].append(t.number)
+    return dict(groups)
+
+
+def failure_table(res: Results) -> Table | str:
+    groups = failure_groups(res)
+    if not groups:
+        return "failures: none"
+    reasons = {t.number: t.user_attrs.get("fail_reason", "?") for t in res.study.trials}
+    t = Table(title="failures by reason")
+    for col in ("reason", "count", "trials", "example"):
+        t.add_column(col)
+    for kind, nums in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        t.add_row(kind, str(len(nums)), ", ".join(map(str, nums)), str(reasons[nums[0]]))
+    return t
+
+
+def noise_table(res: Results) -> Table | str:
+    floor = res.noise_floor()
+    if not floor:
+        return "noise floor: not measured yet (the baseline trial has not completed)"
+    t = Table(title="noise floor (spread of the repeated baseline)")
+    for col in ("metric", "± spread", "relative"):
+        t.add_column(col, justify="right" if col != "metric" else "left")
+    shown = [m for m, _ in res.objectives] + [c.metric for c in res.spec.constraints]
+    for m in dict.fromkeys([*shown, "latency_p99_s"]):
+        if m in floor:
+            t.add_row(m, f"{floor[m]['spread']:.4g}", f"{100 * floor[m]['relative']:.1f}%")
+    return t

@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--size-mib", "256", "--read-mib", "64", "--chunks-kib", "256,1024", "--threads", "1,4"],
     ),
     "pack_memory": ("pack_memory.py", [], []),
+    "routing_stats": ("routing_stats.py", [], ["--preset", "tiny"]),
     "streaming_vs_resident": ("streaming_vs_resident.py", [], ["--repeats", "1", "--prompts", "1"]),
     "allmiss_roofline": ("allmiss_roofline.py", [], ["--prompts", "1", "--raw-repeats", "1"]),
     "bench_small": ("bench_small.py", [], []),

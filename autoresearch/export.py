@@ -7,6 +7,7 @@ reads `provenance.store_fingerprint` and refuses the file on another store witho
 
 Picks: fastest (max decode_tok_s), smallest (min memory_bytes), balanced (shortest distance
 to the utopia point, each objective scaled to [0, 1] over the candidates), or --trial N.
+Once `confirm` has run, only confirmed trials compete (single runs are optimistic).
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class Limits:
 def pick_trial(res: Results, pick: str, limits: Limits, trial: int | None = None) -> Figures:
     """The exported trial; raises NoTrialFits naming the closest trial when none fits."""
     pool = [res.by_number(trial)] if trial is not None else res.figures
+    if trial is None and any(f.confirmed for f in pool):
+        # Unconfirmed figures are single, selection-biased runs: once the front has been
+        # re-measured, only re-measured trials compete (confirm covers the near-front).
+        pool = [f for f in pool if f.confirmed]
     if not pool:
         raise AutoresearchError(
             f"{res.spec.path}: study {res.spec.name!r} has no feasible completed trial yet; "

@@ -138,7 +138,7 @@ def importance_tables(res: Results) -> list[Table | str]:
         if isinstance(imp, str):
             out.append(imp)
             continue
-        t = Table(title=f"knob importance for {m} (fANOVA)")
+        t = Table(title=f"knob importance for {m} (fANOVA)", min_width=50)
         t.add_column("knob")
         t.add_column("importance", justify="right")
         for k, v in imp.items():
@@ -173,7 +173,7 @@ def noise_table(res: Results) -> Table | str:
     floor = res.noise_floor()
     if not floor:
         return "noise floor: not measured yet (the baseline trial has not completed)"
-    t = Table(title="noise floor (spread of the repeated baseline)")
+    t = Table(title="noise floor (spread of the repeated baseline)", min_width=50)
     for col in ("metric", "± spread", "relative"):
         t.add_column(col, justify="right" if col != "metric" else "left")
     shown = [m for m, _ in res.objectives] + [c.metric for c in res.spec.constraints]

@@ -262,9 +262,10 @@ def _roofline(store: Store, config: EngineConfig, cfg_row: dict[str, Any]) -> di
                                           pattern="random")  # fmt: skip
         else:
             # Too small to leave the drive's cache; a temp file on the store's disk stands in.
-            with tempfile.TemporaryDirectory(prefix=".bench-", dir=store.root) as d:
+            # Next to the store (same disk), never inside it: the store stays untouched.
+            with tempfile.TemporaryDirectory(prefix=".bench-", dir=store.root.parent) as d:
                 f = make_test_file(Path(d) / "roofline.bin", ROOFLINE_BYTES)
-                out["file"] = f"temp file in {store.root}"
+                out["file"] = f"temp file in {store.root.parent}"
                 gb_s = measure_read_bandwidth(f, chunk, threads, config.io_mode, ROOFLINE_BYTES,
                                               pattern="random")  # fmt: skip
     except (EngineError, OSError, ValueError) as e:

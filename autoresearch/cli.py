@@ -115,8 +115,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """Rich tables: the Pareto front with spreads, best per objective, knob importances per
-    objective, failures grouped by reason and the noise floor."""
+    """Show what a study found: Pareto front, best per objective, importances, failures.
+
+    Rich tables: the Pareto front with each metric's spread (confirmed figures where present),
+    the best trial per objective, knob importances per objective (Optuna's fANOVA), failures
+    grouped by reason, and the noise floor.
+    """
     from autoresearch.show import show
     from autoresearch.study_file import load_study_file
 

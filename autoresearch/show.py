@@ -26,7 +26,7 @@ def show(spec: StudySpec, console: Console | None = None) -> Results:
     console = console or Console()
     res = load_results(spec)
     trials = res.study.get_trials(deepcopy=False)
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for t in trials:
         counts[t.state.name.lower()] += 1
     console.print(

@@ -12,8 +12,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+# The main job on an embedded default: synthesize a small MoE, search its engine knobs in an
+# Optuna study (studies/demo.toml), then print the Pareto front, write tuned.toml + report.html.
 demo: $(BIN)/.installed
-	$(BIN)/python -m engine demo --out $(DEMO)
+	$(BIN)/python -m autoresearch demo studies/demo.toml --out $(DEMO)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check engine autoresearch tests benchmarks

@@ -40,6 +40,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The quick start's main job: run the demo study, then print the Pareto front and write
+    tuned.toml and report.html. Rerunning resumes the study (its trials count is topped up).
+    """
+    from autoresearch.demo_finish import finish_demo
+    from autoresearch.loop import run_study
+    from autoresearch.study_file import load_study_file
+
+    spec = load_study_file(args.study)
+    summary = run_study(spec, n_trials=args.n_trials)
+    if summary.interrupted:
+        print("interrupted: rerun `make demo` to resume the study")
+        return 130
+    finish_demo(Path(args.study), Path(args.out))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show a study's trials done/failed/running, the best value per objective and noise floor."""
     from autoresearch.status import status_lines
@@ -168,6 +185,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("study", help="study TOML (e.g. studies/demo.toml)")
     sp.add_argument("--n-trials", type=int, help="trials to run now (default: study.n_trials)")
     sp.add_argument("--timeout", type=float, help="seconds to run now (default: study.timeout_s)")
+
+    sp = add("demo", cmd_demo)
+    sp.add_argument("study", nargs="?", default="studies/demo.toml", help="study TOML")
+    sp.add_argument("--out", default="demo_out", help="where tuned.toml and report.html go")
+    sp.add_argument("--n-trials", type=int, default=None, help="trials to add this run")
 
     sp = add("status", cmd_status)
     sp.add_argument("study", help="study TOML")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.synth import PRESETS, SYNTH_FAMILIES, synthesize
-from engine.synth_routing import RoutingKnobs, RoutingPlan, record_routing, routing_stats
+from engine.synth_routing import RoutingPlan, record_routing, routing_stats
 
 # (low, high) with the default knobs at 25% of experts cached; see DESIGN.md "Synthetic models".
 TARGETS = {
@@ -26,13 +27,10 @@ TARGETS = {
 }
 
 
-def decode_on_walk(model_dir: Path, family: str, preset: str, seed: int) -> float:
+def decode_on_walk(model_dir: Path) -> float:
     """Share of greedy decode steps that follow the planted walk (succ of the current token)."""
-    p = PRESETS[preset]
-    plan = RoutingPlan(
-        hidden=p.hidden, vocab=p.vocab, num_experts=p.experts, seed=seed, knobs=RoutingKnobs()
-    )
-    succ = dict(zip(plan.cycle.tolist(), np.roll(plan.cycle, -1).tolist(), strict=True))
+    config = json.loads((model_dir / "config.json").read_text())
+    succ = RoutingPlan.from_config(config).successor()
     steps = [
         succ.get(a) == b
         for seq in record_routing(model_dir).decoded
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         stats = routing_stats(model, cache_fraction=args.cache_fraction)
         t2 = time.perf_counter()
-        on_walk = decode_on_walk(model, args.family, args.preset, args.seed)
+        on_walk = decode_on_walk(model)
     print(f"family: {args.family}")
     print(f"preset: {args.preset}")
     print(f"seed: {args.seed}")

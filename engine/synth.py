@@ -189,14 +189,7 @@ class TensorMaker:
 
     def __init__(self, config: dict[str, Any], seed: int, knobs: RoutingKnobs) -> None:
         self.seed, self.knobs = seed, knobs
-        experts = int(config[FAMILIES[config["model_type"]].num_experts_key])
-        self.plan = RoutingPlan(
-            hidden=config["hidden_size"],
-            vocab=config["vocab_size"],
-            num_experts=experts,
-            seed=seed,
-            knobs=knobs,
-        )
+        self.plan = RoutingPlan.from_config(config)
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> mx.array:
         if name.endswith("e_score_correction_bias"):
@@ -239,9 +232,12 @@ def _shards(
     return shards
 
 
-def probe_suite(plan: RoutingPlan, preset: Preset, seed: int) -> dict[str, Any]:
+def probe_suite(plan: RoutingPlan, preset_name: str, seed: int) -> dict[str, Any]:
+    """The default probes: prompts that follow the decode walk's topic runs."""
+    preset = PRESETS[preset_name]
     ids = plan.prompts(preset.prompts, preset.prompt_len)
     return {
+        "name": f"synth-{preset_name}",
         "seed": seed,
         "prompts": [{"ids": p, "decode_tokens": preset.decode_tokens} for p in ids],
     }
@@ -297,7 +293,7 @@ def synthesize(
     try:
         weight_map: dict[str, str] = {}
         total = 0
-        with _progress(progress if progress is not None else preset == "bench", len(plan)) as bar:
+        with _Progress(progress if progress is not None else preset == "bench", len(plan)) as bar:
             for i, names in enumerate(shards, 1):
                 fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                 tensors: dict[str, mx.array] = {}
@@ -313,11 +309,13 @@ def synthesize(
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "probe_suite.toml").write_bytes(
-            tomli_w.dumps(probe_suite(make.plan, p, seed)).encode()
+            tomli_w.dumps(probe_suite(make.plan, preset, seed)).encode()
         )
         write_tokenizer(tmp, config["vocab_size"])
-        if out.exists():
+        if out.is_dir() and not out.is_symlink():
             shutil.rmtree(out)
+        elif out.exists() or out.is_symlink():
+            out.unlink()
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -325,7 +323,7 @@ def synthesize(
     return out
 
 
-class _progress:
+class _Progress:
     """A rich progress bar when wanted, else a no-op; yields a callable advancing it."""
 
     def __init__(self, show: bool, total: int) -> None:

@@ -31,6 +31,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from engine.errors import CheckpointError
 from engine.families import Family, family_for, moe_blocks
 
 
@@ -95,6 +96,27 @@ class RoutingPlan:
         self.topic = topic * C + self.position % C  # [V] row of topic_dirs
         r = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
         self.token_dirs = r
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RoutingPlan:
+        """The plan a synthetic checkpoint was written with (its config.json `synth` record)."""
+        synth = config.get("synth")
+        if not isinstance(synth, dict):
+            raise CheckpointError("config.json has no `synth` record: not a synthetic checkpoint")
+        fields = RoutingKnobs.__dataclass_fields__
+        knobs = RoutingKnobs(**{k: v for k, v in synth.items() if k in fields})
+        experts = int(config[family_for(config).num_experts_key])
+        return cls(
+            hidden=int(config["hidden_size"]),
+            vocab=int(config["vocab_size"]),
+            num_experts=experts,
+            seed=int(synth["seed"]),
+            knobs=knobs,
+        )
+
+    def successor(self) -> dict[int, int]:
+        """Token -> the token greedy decoding should emit next (the planted walk)."""
+        return dict(zip(self.cycle.tolist(), np.roll(self.cycle, -1).tolist(), strict=True))
 
     @staticmethod
     def _walk(

@@ -191,11 +191,8 @@ def test_greedy_decode_follows_the_planted_walk(tiny_checkpoint: Callable[[str],
     # Through the real (noisy) layers greedy decoding still steps to succ(current) almost
     # always: that is what keeps topic persistence alive during decode.
     path = tiny_checkpoint("deepseek_v3")
-    synth = json.loads((path / "config.json").read_text())["synth"]
     p = PRESETS["tiny"]
-    knobs = RoutingKnobs(**{k: v for k, v in synth.items() if k in RoutingKnobs().to_dict()})
-    plan = RoutingPlan(hidden=p.hidden, vocab=p.vocab, num_experts=p.experts, seed=0, knobs=knobs)
-    succ = {int(a): int(b) for a, b in zip(plan.cycle, np.roll(plan.cycle, -1), strict=True)}
+    succ = RoutingPlan.from_config(json.loads((path / "config.json").read_text())).successor()
     rec = record_routing(path)
     steps = [(a, b) for seq in rec.decoded for a, b in itertools.pairwise(seq)]
     assert len(steps) == p.prompts * p.decode_tokens

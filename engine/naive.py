@@ -24,7 +24,7 @@ from engine.generate import Generation, generate
 from engine.model import compute_dtype, load_streaming_model
 from engine.pagecache import evict_all
 from engine.store import Store, mx_dtype, np_dtype
-from engine.streaming import StreamingSwitchGLU, Weights
+from engine.streaming import StreamingSwitchGLU, Weights, prepare_weights
 
 
 @dataclass
@@ -49,15 +49,7 @@ class NaiveProvider:
         out = []
         for e in experts:
             out.append({p.name: self._tensor(p) for p in self.ckpt.expert_parts(block, e)})
-        if self.dtype is not None:
-            out = [
-                {
-                    k: v if v.dtype in (mx.uint32, mx.uint8) else v.astype(self.dtype)
-                    for k, v in w.items()
-                }
-                for w in out
-            ]
-        mx.eval([v for w in out for v in w.values()])
+        out = [prepare_weights(w, self.dtype) for w in out]
         self.stats.requests += len(experts)
         self.stats.read_s += time.perf_counter() - t0
         return out

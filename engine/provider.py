@@ -17,7 +17,7 @@ from engine.cache import ExpertCache
 from engine.prefetch import Prefetcher
 from engine.reader import ExpertReader
 from engine.store import Store
-from engine.streaming import Weights
+from engine.streaming import Weights, prepare_weights
 
 
 @dataclass
@@ -83,13 +83,8 @@ class ExpertProvider:
         return out  # type: ignore[return-value]
 
     def _prepare(self, w: Weights) -> Weights:
-        """Cast once on load, so cached experts are ready for the compute dtype."""
-        if self.compute_dtype is None:
-            return w
-        cd = self.compute_dtype
-        cast = {k: (v if v.dtype in (mx.uint32, mx.uint8) else v.astype(cd)) for k, v in w.items()}
-        mx.eval(list(cast.values()))
-        return cast
+        """Once on load, so cached experts are ready to compute with."""
+        return prepare_weights(w, self.compute_dtype)
 
     def entry_bytes(self, w: Weights) -> int:
         if self._entry_bytes is None:

@@ -14,6 +14,7 @@ from engine import pagecache
 from engine.cli import main
 from engine.config import EngineConfig
 from engine.errors import ConfigError, MemoryBudgetError, ReadError
+from engine.run_cmd import TOKENIZER_FILES
 from engine.runtime import Engine
 from engine.store import Store
 
@@ -136,7 +137,6 @@ def test_run_cli_text_and_config(
     ("argv", "message"),
     [
         (["--prompt-ids", "1,x"], "comma-separated integers"),
-        (["--prompt", "hello"], "no tokenizer"),
         (["--prompt-ids", "1,999999"], "outside the vocabulary"),
         (["--prompt-ids", "1", "--max-tokens", "0"], "--max-tokens"),
     ],
@@ -149,6 +149,20 @@ def test_run_cli_bad_input(
 ) -> None:
     assert main(["run", str(packed_store("qwen3_moe").root), *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_run_cli_text_prompt_needs_a_tokenizer(
+    packed_store: Callable[..., Store], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = packed_store("qwen3_moe")
+    assert main(["run", str(store.root), "--prompt", "w1 w2 w3", "--max-tokens", "4"]) == 0
+    text = capsys.readouterr().out.splitlines()[0]
+    assert text.split() and all(w.startswith("w") for w in text.split())  # synth's word vocab
+    bare = _copy(store, tmp_path / "bare")
+    for f in TOKENIZER_FILES:
+        (bare.dense_dir / f).unlink(missing_ok=True)
+    assert main(["run", str(bare.root), "--prompt", "hello"]) == 1
+    assert "no tokenizer" in capsys.readouterr().err
 
 
 def test_run_cli_missing_store_and_bad_config(

@@ -17,7 +17,7 @@ from engine.generate import Generation, generate
 from engine.model import load_reference
 from engine.runtime import Engine
 from engine.store import Store
-from engine.streaming import StreamingSwitchGLU
+from engine.streaming import StreamingSwitchGLU, prepare_weights
 
 FAMS = ["qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe"]
 PROMPT = [5, 9, 17, 33, 65, 101, 7, 7, 12, 250, 3, 44]
@@ -168,7 +168,7 @@ class _FakeProvider:
 
     def fetch(self, layer: int, experts: list[int], x: mx.array) -> list[dict[str, mx.array]]:
         self.calls.append(experts)
-        return [self.weights[e] for e in experts]
+        return [prepare_weights(self.weights[e], None) for e in experts]
 
 
 def _identity_experts(n: int, d: int) -> dict[int, dict[str, mx.array]]:

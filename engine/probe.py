@@ -49,7 +49,7 @@ class _Phase:
         self.hits += b["cache_hits"] - a["cache_hits"]
         self.bytes += b["bytes_read"] - a["bytes_read"]
         self.disk += b["disk_read_bytes"] - a["disk_read_bytes"]
-        self.stall_s += b["stall_s"] - a["stall_s"]
+        self.stall_s += b["read_wait_s"] - a["read_wait_s"]  # blocked on reads: the I/O stall
         self.predicted += b.get("prefetch_predicted", 0) - a.get("prefetch_predicted", 0)
         self.used += b.get("prefetch_used", 0) - a.get("prefetch_used", 0)
         self.correct += b.get("prefetch_correct", 0) - a.get("prefetch_correct", 0)

@@ -26,7 +26,8 @@ class FetchStats:
     cache_hits: int = 0
     staged_hits: int = 0  # served by a prefetch read (possibly still in flight)
     demand_reads: int = 0  # read because nothing had it
-    stall_s: float = 0.0  # time the model waited for expert bytes (reads + decode)
+    stall_s: float = 0.0  # time inside fetch: lookups, waiting for reads, decode + prepare
+    read_wait_s: float = 0.0  # of which blocked on reads (the I/O stall proper)
 
     @property
     def hit_rate(self) -> float:
@@ -76,7 +77,10 @@ class ExpertProvider:
             # Queue the guesses behind this layer's demand reads so they never delay it.
             self.prefetcher.after_fetch(layer, x)
         for i, e, fut in pending:
-            w = self._prepare(self.store.decode(fut.result(), where=f"layer {layer} expert {e}"))
+            tw = time.perf_counter()
+            raw = fut.result()
+            st.read_wait_s += time.perf_counter() - tw
+            w = self._prepare(self.store.decode(raw, where=f"layer {layer} expert {e}"))
             self.cache.put((layer, e), w, self.entry_bytes(w))
             out[i] = w
         st.stall_s += time.perf_counter() - t0

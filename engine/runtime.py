@@ -238,6 +238,7 @@ class Engine:
             "staged_hits": fs.staged_hits,
             "demand_reads": fs.demand_reads,
             "stall_s": fs.stall_s,
+            "read_wait_s": fs.read_wait_s,
             "bytes_read": self.reader.bytes_read,
             "disk_read_bytes": disk_read_bytes(),
             "reads": self.reader.reads,

@@ -50,7 +50,7 @@ class RoutingKnobs:
     # Token classes alternating within a topic run, and the share of a class's pool that the
     # topic's other classes share (1 = classes are routed alike).
     n_classes: int = 2
-    class_share: float = 0.4
+    class_share: float = 0.45
     # Scale of every layer's output into the residual stream: larger = less cross-layer
     # predictability (next-layer recall falls) and noisier decode.
     drift: float = 0.6

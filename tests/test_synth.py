@@ -197,3 +197,10 @@ def test_greedy_decode_follows_the_planted_walk(tiny_checkpoint: Callable[[str],
     steps = [(a, b) for seq in rec.decoded for a, b in itertools.pairwise(seq)]
     assert len(steps) == p.prompts * p.decode_tokens
     assert np.mean([succ[a] == b for a, b in steps]) > 0.9
+
+
+def test_plan_from_a_non_synthetic_config_is_refused() -> None:
+    config = make_config("qwen3_moe", "tiny")
+    del config["synth"]
+    with pytest.raises(CheckpointError, match="not a synthetic checkpoint"):
+        RoutingPlan.from_config(config)

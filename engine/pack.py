@@ -54,6 +54,14 @@ def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
+def _fits_in_ram(ckpt: Checkpoint) -> bool:
+    from engine.machine import available_ram_bytes
+
+    size = sum(f.stat().st_size for f in ckpt.root.glob("*.safetensors"))
+    avail = available_ram_bytes() or 0
+    return 2 * size < avail / 2  # calibration casts to float32: about twice the bf16 bytes
+
+
 def pack(
     model_dir: Path,
     store_dir: Path,
@@ -87,7 +95,9 @@ def pack(
     try:
         counts: dict[int, np.ndarray] | None = None
         orders = {b.layer: list(range(ckpt.num_experts)) for b in ckpt.blocks}
-        if layout == "coactivation" or calibration_prompts is not None:
+        # The routing profile feeds the `pinned` cache policy; calibrating runs the model in
+        # memory, so a source too big for RAM gets no profile unless its layout needs one.
+        if layout == "coactivation" or calibration_prompts is not None or _fits_in_ram(ckpt):
             prompts = calibration_prompts or layout_mod.calibration_prompts(ckpt)
             counts, coact = layout_mod.calibrate(ckpt, prompts)
             if layout == "coactivation":

@@ -99,6 +99,12 @@ class Engine:
         self.config = config = config or EngineConfig()
         self.store = store if isinstance(store, Store) else Store.open(store)
         check_variant(config, self.store)
+        if config.cache_policy == "pinned" and self.store.profile() is None:
+            raise ConfigError(
+                f"cache_policy = 'pinned' needs a routing profile, and {self.store.root} has no "
+                "profile.json (pack skips calibration when the model is too big for RAM); "
+                "re-pack with --layout coactivation, or use lru/lfu"
+            )
         self.family = family_of(self.store)
         self.model, self.model_config = load_streaming_model(
             self.store, compute_dtype(config.compute_dtype)

@@ -108,6 +108,25 @@ def test_variant_knobs_must_match_the_store(packed_store: Callable[..., Store]) 
         Engine(packed_store("qwen3_moe"), EngineConfig(experts_per_token=999))
 
 
+def test_pinned_policy_pins_the_profiles_hottest_experts(
+    packed_store: Callable[..., Store], tmp_path: Path
+) -> None:
+    store = packed_store("qwen3_moe")
+    profile = store.profile()
+    assert profile is not None  # pack calibrates models that fit in RAM
+    with Engine(store, EngineConfig(cache_policy="pinned", pinned_fraction=0.25,
+                                    cache_bytes=1 << 30)) as engine:  # fmt: skip
+        engine.generate(PROMPT, 4)
+        pinned = engine.cache.pinned_keys()
+    ranked = sorted(((c, layer, e) for layer, cs in profile.items() for e, c in enumerate(cs)),
+                    reverse=True)  # fmt: skip
+    assert pinned and {(layer, e) for _, layer, e in ranked[: len(pinned)]} == set(pinned)
+    bare = _copy(store, tmp_path / "noprof")
+    (bare.root / "profile.json").unlink()
+    with pytest.raises(ConfigError, match="profile"):
+        Engine(bare, EngineConfig(cache_policy="pinned"))
+
+
 def test_run_cli_json(packed_store: Callable[..., Store], capsys: pytest.CaptureFixture) -> None:
     store = packed_store("qwen3_moe")
     assert (

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import optuna
 from autoresearch.errors import SpaceError
 from engine.config import EngineConfig
 from engine.errors import ConfigError
+from engine.tomlfile import read_toml
 
 # Virtual knob -> the EngineConfig knob it sets; mapped in `to_config`.
 VIRTUAL_KNOBS = {"cache_fraction": "cache_bytes"}
@@ -165,12 +165,7 @@ def to_config(
 
 def load_space(path: str | Path) -> Space:
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpaceError(f"{path}: search space file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpaceError(f"{path}: not valid TOML ({e})") from None
+    doc = read_toml(path, "search space file", SpaceError)
     extra = sorted(set(doc) - {"knobs", "fixed"})
     if extra:
         raise SpaceError(f"{path}: unknown table(s) {', '.join(extra)}; allowed: [knobs], [fixed]")

@@ -42,13 +42,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import AutoresearchError, StudyFileError
 from autoresearch.space import Space, load_space
+from engine.tomlfile import read_toml
 
 # Numeric fields of the probe's metrics JSON: what objectives and constraints may name.
 METRICS = (
@@ -156,12 +156,7 @@ def _rel(p: Path | None, base: Path) -> str:
 
 def load_study_file(path: str | Path) -> StudySpec:
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyFileError(f"{path}: study file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise StudyFileError(f"{path}: not valid TOML ({e})") from None
+    doc = read_toml(path, "study file", StudyFileError)
     allowed = {"study", "model", "probe", "objectives", "constraints", "fidelity"}
     bad = sorted(set(doc) - allowed)
     if bad:

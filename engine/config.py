@@ -7,7 +7,6 @@ an exported tuned file is an EngineConfig TOML (`[engine]` table; other tables a
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import tomli_w
 
 from engine.errors import ConfigError
+from engine.tomlfile import read_toml
 
 CACHE_POLICIES = ("lru", "lfu", "pinned")
 IO_MODES = ("direct", "buffered", "mmap")
@@ -147,12 +147,7 @@ class EngineConfig:
     def from_toml(cls, path: str | Path) -> EngineConfig:
         """Read the `[engine]` table of a config TOML (a bare table of knobs works too)."""
         path = Path(path)
-        try:
-            doc = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        doc = read_toml(path, "config file", ConfigError)
         table = doc.get("engine", None)
         if table is None:
             table = {k: v for k, v in doc.items() if not isinstance(v, dict)}
@@ -163,7 +158,7 @@ class EngineConfig:
 
 def load_provenance(path: str | Path) -> dict[str, Any]:
     """Every table except `[engine]` of a config TOML (empty when there is none)."""
-    doc = tomllib.loads(Path(path).read_text())
+    doc = read_toml(Path(path), "config file", ConfigError)
     return {k: v for k, v in doc.items() if k != "engine" and isinstance(v, dict)}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ProbeError
+from engine.tomlfile import read_toml
 
 DEFAULT_WARMUP = 4
 
@@ -58,12 +58,7 @@ def default_suite_path(store_root: Path | None = None) -> Path:
 
 def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = None) -> Suite:
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProbeError(f"{path}: probe suite not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ProbeError(f"{path}: not valid TOML ({e})") from None
+    doc = read_toml(path, "probe suite", ProbeError)
     seed = _int(doc, "seed", path, default=0)
     warmup = _int(doc, "warmup_tokens", path, default=DEFAULT_WARMUP)
     entries = doc.get("prompts", [])

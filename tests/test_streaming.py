@@ -62,15 +62,17 @@ MATRIX = list(
 
 
 @pytest.mark.parametrize(("io_mode", "policy", "prefetch", "size"), MATRIX)
-def test_qwen3_every_knob_combination_matches_mlx_lm(
+@pytest.mark.parametrize("family", FAMS)
+def test_every_knob_combination_matches_mlx_lm(
     packed_store: Callable[..., Store],
     reference: Callable[[str], Generation],
+    family: str,
     io_mode: str,
     policy: str,
     prefetch: str,
     size: str,
 ) -> None:
-    store = packed_store("qwen3_moe")
+    store = packed_store(family)
     base = EngineConfig(io_mode=io_mode, cache_policy=policy, prefetch=prefetch,
                         read_chunk_bytes=8192, io_threads=3)  # fmt: skip
     total = _all_experts_bytes(store, base)
@@ -79,7 +81,7 @@ def test_qwen3_every_knob_combination_matches_mlx_lm(
         gen = engine.generate(PROMPT, N_NEW, keep_logits=True)
         assert engine.cache.used_bytes <= cache
         c = engine.counters()
-    _assert_same(gen, reference("qwen3_moe"))
+    _assert_same(gen, reference(family))
     if size == "none":
         assert c["cache_hits"] == 0
     if size == "all":

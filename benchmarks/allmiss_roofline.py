@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="small", choices=["tiny", "small", "bench"])
     ap.add_argument("--family", default="qwen3_moe")
+    ap.add_argument("--bits", type=int, default=16, choices=[16, 8, 4, 3, 2])
     ap.add_argument("--modes", default="direct,buffered")
     ap.add_argument("--read-chunk-kib", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=4)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-repeats", type=int, default=3)
     args = ap.parse_args(argv)
 
-    _, store = ensure_store(args.preset, args.family)
+    _, store = ensure_store(args.preset, args.family, bits=args.bits)
     suite = suite_for(store, args.prompts, args.decode)
     chunk = min(args.read_chunk_kib << 10, store.expert_span)
     biggest = max((store.root / le.file for le in store.layers), key=lambda f: f.stat().st_size)

@@ -41,8 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The quick start's main job: run the demo study, then print the Pareto front and write
-    tuned.toml and report.html. Rerunning resumes the study (its trials count is topped up).
+    """Run the demo study, then print its Pareto front and write tuned.toml and report.html.
+
+    This is `make demo`, the quick start's main job. Rerunning resumes the study and adds
+    study.n_trials more trials (or --n-trials).
     """
     from autoresearch.demo_finish import finish_demo
     from autoresearch.loop import run_study

@@ -89,13 +89,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(args)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Synthesize a small model, pack it, verify it and run it: the quick start's main job."""
-    from engine.demo import demo
-
-    return demo(Path(args.out))
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moe-engine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -184,8 +177,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
-    sp = add("demo", cmd_demo)
-    sp.add_argument("--out", default="demo_out", help="working directory for the demo")
     return p
 
 

@@ -3,6 +3,8 @@
 Each repeat opens a fresh Engine (empty engine cache); cold repeats first evict the store from
 the OS page cache, warm ones follow an unmeasured pass. Decode figures are sustained: each
 prompt's first `warmup_tokens` decode steps are excluded and the count is reported.
+`memory_bytes` = peak RSS + the store's pages in the page cache; in mmap mode mapped pages
+are in both, so it errs high (a budget it passes is met), never low.
 """
 
 from __future__ import annotations

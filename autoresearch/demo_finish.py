@@ -15,7 +15,8 @@ from autoresearch.study_file import load_study_file
 
 def finish_demo(study_file: Path, out_dir: Path, console: Console | None = None) -> dict[str, Path]:
     """Print the front, write out_dir/tuned.toml and out_dir/report.html; return their paths."""
-    console = console or Console()
+    # Not a terminal (a log, CI): rich would assume 80 columns and fold every cell.
+    console = console or Console(width=None if Console().is_terminal else 160)
     spec = load_study_file(study_file)
     res = load_results(spec)
     console.print(pareto_table(res))

@@ -61,7 +61,14 @@ class Figures:
         if v is None:
             return "-"
         s = self.spread.get(metric)
-        return f"{v:.4g} ± {s:.2g}" if s else f"{v:.4g}"
+        return f"{human(metric, v)} ± {human(metric, s)}" if s else human(metric, v)
+
+
+def human(metric: str, v: float) -> str:
+    """Bytes in MiB/GiB, other figures to 3-4 significant digits: short enough for a table."""
+    if metric.endswith("_bytes") or metric == "bytes_read_per_token":
+        return f"{v / 2**30:.2f} GiB" if abs(v) >= 2**30 else f"{v / 2**20:.1f} MiB"
+    return f"{v:.3g}" if abs(v) < 1e-2 else f"{v:.4g}"
 
 
 @dataclass

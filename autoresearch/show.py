@@ -53,14 +53,14 @@ def pareto_table(res: Results) -> Table | str:
     t = Table(title="Pareto front (feasible; median ± spread)")
     if any(f.confirmed is None for f in front):
         t.caption = f"unconfirmed = {UNCONFIRMED}; `autoresearch confirm` re-measures the front"
-    t.add_column("trial")
+    t.add_column("trial", no_wrap=True)
     for m, d in res.objectives:
-        t.add_column(f"{m} ({'max' if d == 'maximize' else 'min'})", justify="right")
+        t.add_column(f"{m} {'↑' if d == 'maximize' else '↓'}", justify="right")
     for m in extra:
         t.add_column(m, justify="right")
     t.add_column("x baseline", justify="right")
     t.add_column("measured")
-    t.add_column("knobs")
+    t.add_column("knobs", overflow="fold")
     first = res.objectives[0][0]
     for f in sorted(front, key=lambda f: f.number):
         ratio = f.ratio.get(first)
@@ -79,11 +79,20 @@ def short_note(f: Figures) -> str:
     return "unconfirmed" if f.confirmed is None else f"confirmed x{f.confirmed.get('repeats')}"
 
 
+# Short knob names for tables; the full names are in the study and in exported configs.
+SHORT = {
+    "quant_bits": "bits", "quant_group_size": "gs", "cache_fraction": "cache",
+    "cache_policy": "policy", "pinned_fraction": "pinned", "io_mode": "io",
+    "read_chunk_bytes": "chunk", "io_threads": "threads", "prefetch": "pf",
+    "prefetch_depth": "pf_depth", "prefetch_width": "pf_width", "experts_per_token": "k",
+}  # fmt: skip
+
+
 def knobs(f: Figures) -> str:
     def v(x: Any) -> str:
-        return f"{x:.3g}" if isinstance(x, float) else str(x)
+        return f"{x:.2g}" if isinstance(x, float) else str(x)
 
-    return " ".join(f"{k}={v(x)}" for k, x in f.trial.params.items())
+    return " ".join(f"{SHORT.get(k, k)}={v(x)}" for k, x in f.trial.params.items())
 
 
 def best_table(res: Results) -> Table | str:

@@ -104,11 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
+    from engine.synth import SYNTH_FAMILIES
+
     sp = add("synth", cmd_synth)
     sp.add_argument("out", help="output checkpoint directory")
-    sp.add_argument(
-        "--family", required=True, choices=["qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe"]
-    )
+    sp.add_argument("--family", required=True, choices=list(SYNTH_FAMILIES))
     sp.add_argument("--preset", default="tiny", choices=["tiny", "small", "bench"])
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--force", action="store_true", help="replace OUT if it exists")

@@ -85,6 +85,7 @@ FAMILIES: dict[str, Family] = {
     "qwen2_moe": Family(
         "qwen2_moe", _GLU, "num_experts", _attr_setter("top_k"), _attr_getter("top_k")
     ),
+    "olmoe": Family("olmoe", _GLU, "num_experts", _attr_setter("top_k"), _attr_getter("top_k")),
     "mixtral": Family(
         "mixtral",
         (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2")),

@@ -28,7 +28,7 @@ from engine.errors import CheckpointError, StoreExists
 from engine.families import FAMILIES, build_skeleton
 from engine.synth_routing import RoutingKnobs, RoutingPlan
 
-SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe")
+SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ def make_config(
         "mixtral": "MixtralForCausalLM",
         "deepseek_v3": "DeepseekV3ForCausalLM",
         "qwen2_moe": "Qwen2MoeForCausalLM",
+        "olmoe": "OlmoeForCausalLM",
     }[family]
     cfg: dict[str, Any] = {
         "architectures": [arch],
@@ -116,6 +117,14 @@ def make_config(
         }
     elif family == "mixtral":
         cfg |= {"num_local_experts": p.experts, "intermediate_size": p.moe_inter}
+    elif family == "olmoe":  # every layer MoE; intermediate_size is the expert width
+        cfg |= {
+            "num_experts": p.experts,
+            "intermediate_size": p.moe_inter,
+            "norm_topk_prob": False,
+            "head_dim": p.head_dim,
+            "attention_bias": False,
+        }
     else:  # deepseek_v3 in the Kimi K2 layout
         cfg |= {
             "n_routed_experts": p.experts,

@@ -30,6 +30,7 @@ EXPERT_KEY = {
     "qwen2_moe": "model.layers.0.mlp.experts.15.down_proj.weight",
     "mixtral": "model.layers.0.block_sparse_moe.experts.15.w2.weight",
     "deepseek_v3": "model.layers.1.mlp.experts.15.up_proj.weight",  # layer 0 is dense
+    "olmoe": "model.layers.2.mlp.experts.15.up_proj.weight",
 }
 
 

@@ -150,7 +150,10 @@ class PageCacheBudget:
     def note_read(
         self, path: str | Path, offset: int, length: int, mapping: mmap.mmap | None = None
     ) -> None:
-        key = (str(path), offset)
+        # Whole pages: the kernel caches them whole, and DONTNEED keeps a partly covered page.
+        start = offset - offset % PAGE
+        length = -(-(offset + length - start) // PAGE) * PAGE
+        key = (str(path), start)
         with self._lock:
             old = self._ranges.pop(key, None)
             if old is not None:

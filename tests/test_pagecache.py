@@ -134,3 +134,23 @@ def test_budget_zero_allowance_tracks_nothing(disk_dir: Path) -> None:
     assert budget.evictions == 1
     with pytest.raises(ValueError):
         PageCacheBudget(-1)
+
+
+def test_budget_counts_and_drops_whole_pages(disk_dir: Path) -> None:
+    # Experts whose size is not a page multiple: the page holding an expert's tail is cached as
+    # a whole page and FADV_DONTNEED keeps partial pages, so the budget must work in pages.
+    slot, nbytes, n = 4 * 4096, 4096 + 100, 32
+    p = _write(disk_dir / "layer.bin", slot * n)
+    _require_dontneed(p)
+    fd = os.open(p, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    allowance = 2 * slot
+    try:
+        with PageCacheBudget(allowance) as budget:
+            for i in range(n):
+                os.pread(fd, nbytes, i * slot)
+                budget.note_read(p, i * slot, nbytes)
+                assert budget.tracked_bytes <= allowance
+            assert resident_bytes(p) <= allowance + slot
+    finally:
+        os.close(fd)

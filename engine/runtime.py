@@ -263,6 +263,8 @@ class Engine:
     def close(self) -> None:
         self.provider.close()
         self.reader.close()
+        if self.page_budget is not None:
+            self.page_budget.close()  # after the reader: its reads note into the budget
 
     def __enter__(self) -> Engine:
         return self

@@ -187,17 +187,19 @@ class Engine:
             cfg.prefetch_depth * (cfg.prefetch_width or self.top_k) if cfg.prefetch != "none" else 0
         )
         working = (self.top_k + staging) * self.entry_bytes  # one layer's experts + staged reads
-        minimum = base + working
+        # A buffered/mmap read caches at least the expert it reads: reserve it, not overdraw.
+        floor = self.store.expert_span if cfg.io_mode != "direct" else 0
+        minimum = base + working + floor
         if cfg.memory_budget_bytes < minimum:
             raise MemoryBudgetError(
                 f"memory_budget_bytes = {cfg.memory_budget_bytes:,} is below the minimum "
-                f"{minimum:,} this store needs (process {base:,} + working set {working:,}); "
-                "raise the budget, or use a smaller quant_bits store"
+                f"{minimum:,} this store needs (process {base:,} + working set {working:,} + "
+                f"page cache {floor:,}); raise the budget, or use a smaller quant_bits store"
             )
         headroom = cfg.memory_budget_bytes - minimum
         cache = min(cfg.cache_bytes, headroom)
         # Whatever the engine cache leaves is what the OS may keep of the store's pages.
-        allowance = max(headroom - cache, self.store.expert_span)
+        allowance = headroom - cache + floor
         return cache, allowance
 
     def _hot_keys(self) -> list[tuple[int, int]] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import pytest
+
 from engine.config import EngineConfig
 from engine.runtime import Engine
 from engine.store import Store
@@ -26,3 +28,22 @@ def test_engine_close_releases_page_budget_fds(packed_store: Callable[..., Store
         engine.generate(PROMPT, 3)
         assert engine.page_budget.evictions > 0
     assert _open_fds() == before
+
+
+def test_budget_split_never_exceeds_the_budget(
+    packed_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.runtime as runtime
+
+    store = packed_store("qwen3_moe")
+    base = 200 << 20
+    monkeypatch.setattr(runtime, "current_rss", lambda: base)
+    with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
+        working = probe_engine.entry_bytes * probe_engine.top_k
+    for extra in (0, store.expert_span // 2, 3 * store.expert_span):
+        budget = base + working + store.expert_span + extra
+        cfg = EngineConfig(cache_bytes=1 << 40, io_mode="buffered", memory_budget_bytes=budget)
+        with Engine(store, cfg) as engine:
+            assert engine.page_budget is not None
+            total = base + working + engine.cache_bytes + engine.page_budget.allowance_bytes
+            assert total <= budget

@@ -85,9 +85,9 @@ def run_probe(
             text=True,
             start_new_session=True,
         )
-        if on_start is not None:
-            on_start(proc.pid)
         try:
+            if on_start is not None:
+                on_start(proc.pid)  # a study write: a Ctrl-C here must still kill the child
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             kill_group(proc.pid)

@@ -164,9 +164,10 @@ def _one_trial(
     for c in spec.constraints:
         trial.set_constraint(c.metric, c.value(result.metrics))
     values = [float(result.metrics[m]) for m, _ in spec.objectives]
-    study.tell(trial, values)
     if baseline:
+        # Before tell: a complete baseline is never re-run, so a kill between would lose it.
         _store_noise_floor(study, result.metrics)
+    study.tell(trial, values)
     return True
 
 

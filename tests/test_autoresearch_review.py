@@ -8,8 +8,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_autoresearch_helpers import tiny
+from optuna.trial import TrialState
+from test_autoresearch_helpers import tiny, write_study
 
+from autoresearch.loop import run_study
 from autoresearch.study_file import load_study_file
 from autoresearch.trial import run_probe
 from engine.config import EngineConfig
@@ -56,3 +58,31 @@ def test_ctrl_c_while_recording_child_pid_kills_the_probe(tmp_path: Path) -> Non
             on_start=on_start,
         )
     assert pids and _gone(pids[0])
+
+
+def _after_tell(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """Make the first completing tell() commit, then raise `exc` (death or Ctrl-C right after)."""
+    real = optuna.study.Study.tell
+    fired: list[bool] = []
+
+    def tell(self, trial, values=None, state=None, skip_if_finished=False):  # type: ignore[no-untyped-def]
+        out = real(self, trial, values, state, skip_if_finished)
+        if values is not None and not fired:
+            fired.append(True)
+            raise exc
+        return out
+
+    monkeypatch.setattr(optuna.study.Study, "tell", tell)
+
+
+def test_noise_floor_survives_death_right_after_baseline_tell(
+    tmp_path: Path, tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = write_study(tmp_path, store=tiny[1])
+    _after_tell(monkeypatch, SystemExit(9))
+    with pytest.raises(SystemExit):
+        run_study(load_study_file(p), n_trials=1)
+    study = _load(p)
+    assert study.trials[0].state == TrialState.COMPLETE
+    # The baseline is never re-run once complete: its noise floor must already be stored.
+    assert study.user_attrs["noise_floor"]["decode_tok_s"]["spread"] == 0.1

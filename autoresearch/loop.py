@@ -88,10 +88,12 @@ def run_study(
             try:
                 ok = _one_trial(spec, study, trial, variants, display)
             except KeyboardInterrupt:
-                _fail(study, trial, "interrupted: Ctrl-C during the trial")
-                _requeue(study, trial)
                 summary.interrupted = True
-                display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
+                # Ctrl-C may land after the trial was told (complete, failed, screened).
+                if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                    _fail(study, trial, "interrupted: Ctrl-C during the trial")
+                    _requeue(study, trial)
+                    display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
                 break
             summary.completed += ok is True
             summary.failed += ok is False

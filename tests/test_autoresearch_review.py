@@ -86,3 +86,14 @@ def test_noise_floor_survives_death_right_after_baseline_tell(
     assert study.trials[0].state == TrialState.COMPLETE
     # The baseline is never re-run once complete: its noise floor must already be stored.
     assert study.user_attrs["noise_floor"]["decode_tok_s"]["spread"] == 0.1
+
+
+def test_ctrl_c_after_trial_was_told_is_a_clean_interrupt(
+    tmp_path: Path, tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = write_study(tmp_path, store=tiny[1])
+    _after_tell(monkeypatch, KeyboardInterrupt())
+    summary = run_study(load_study_file(p), n_trials=2)
+    assert summary.interrupted
+    # Completed, so neither failed nor re-enqueued (no duplicate measurement next run).
+    assert [t.state for t in _load(p).trials] == [TrialState.COMPLETE]

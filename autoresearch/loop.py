@@ -231,4 +231,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
 
 
 def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
-    study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial.number, trial.user_attrs))
+    # An enqueued trial's own params (the baseline's defaults), even if Ctrl-C cut suggest short.
+    fixed = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+    params = {**(fixed or {}), **trial.params}
+    study.enqueue_trial(params, user_attrs=retry_attrs(trial.number, trial.user_attrs))

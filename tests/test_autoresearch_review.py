@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from test_autoresearch_helpers import tiny, write_study
 
 from autoresearch.loop import run_study
+from autoresearch.space import Space
 from autoresearch.study_file import load_study_file
 from autoresearch.trial import run_probe
 from engine.config import EngineConfig
@@ -97,3 +98,20 @@ def test_ctrl_c_after_trial_was_told_is_a_clean_interrupt(
     assert summary.interrupted
     # Completed, so neither failed nor re-enqueued (no duplicate measurement next run).
     assert [t.state for t in _load(p).trials] == [TrialState.COMPLETE]
+
+
+def test_ctrl_c_mid_suggest_requeues_the_exact_baseline(
+    tmp_path: Path, tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = write_study(tmp_path, store=tiny[1])
+    spec = load_study_file(p)
+
+    def interrupted(self: Space, trial: optuna.Trial, only: set[str] | None = None) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Space, "suggest", interrupted)
+    assert run_study(spec, n_trials=1).interrupted
+    retry = _load(p).trials[1]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["baseline"] is True
+    # The retry must be the engine default again, not a fresh sample of the baseline's knobs.
+    assert retry.system_attrs["fixed_params"] == spec.space.baseline_params()

@@ -145,8 +145,8 @@ def retry_attrs(number: int, old: dict[str, Any]) -> dict[str, Any]:
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+    if pid <= 0 or pid == os.getpid():
+        return False  # our own pid: the dead run had it before us (containers restart as pid 1)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from test_autoresearch_helpers import tiny, write_study
 
 from autoresearch.loop import run_study
 from autoresearch.space import Space
+from autoresearch.storage import open_study, recover_abandoned
 from autoresearch.study_file import load_study_file
 from autoresearch.trial import run_probe
 from engine.config import EngineConfig
@@ -115,3 +117,19 @@ def test_ctrl_c_mid_suggest_requeues_the_exact_baseline(
     assert retry.state == TrialState.WAITING and retry.user_attrs["baseline"] is True
     # The retry must be the engine default again, not a fresh sample of the baseline's knobs.
     assert retry.system_attrs["fixed_params"] == spec.space.baseline_params()
+
+
+def _abandoned_trial(study: optuna.Study, pid: int) -> int:
+    trial = study.ask()
+    trial.suggest_int("io_threads", 1, 16)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": pid})
+    return trial.number
+
+
+def test_abandoned_trial_of_a_run_that_had_our_pid_is_recovered(
+    tmp_path: Path, tiny: tuple[Path, Path]
+) -> None:
+    # Containers restart the run as the same pid (often 1): that pid being alive is us.
+    study = open_study(load_study_file(write_study(tmp_path, store=tiny[1])))
+    number = _abandoned_trial(study, os.getpid())
+    assert recover_abandoned(study) == [number]

@@ -129,7 +129,22 @@ def recover_abandoned(study: optuna.Study) -> list[int]:
             ft._trial_id, "fail_reason", f"abandoned: run pid {w.get('pid')} died mid-trial"
         )
         study.tell(ft.number, state=TrialState.FAIL)
-        params = ft.system_attrs.get("fixed_params", ft.params)
+    # One retry per abandoned/interrupted trial, enqueued after its FAIL: a run killed between
+    # the two left no retry, so every such dead local trial without one gets it now.
+    trials = study.get_trials(deepcopy=False)
+    has_retry = {t.user_attrs.get("retry_of") for t in trials}
+    for ft in trials:
+        reason = str(ft.user_attrs.get("fail_reason", ""))
+        w = ft.user_attrs.get("worker") or {"host": host, "pid": 0}
+        if (
+            ft.state != TrialState.FAIL
+            or not reason.startswith(("abandoned", "interrupted"))
+            or ft.number in has_retry
+            or w.get("host") != host
+            or _alive(int(w.get("pid", 0)))
+        ):
+            continue
+        params = {**ft.system_attrs.get("fixed_params", {}), **ft.params}
         study.enqueue_trial(params, user_attrs=retry_attrs(ft.number, ft.user_attrs))
         retried.append(ft.number)
     return retried

@@ -133,3 +133,23 @@ def test_abandoned_trial_of_a_run_that_had_our_pid_is_recovered(
     study = open_study(load_study_file(write_study(tmp_path, store=tiny[1])))
     number = _abandoned_trial(study, os.getpid())
     assert recover_abandoned(study) == [number]
+
+
+def test_abandoned_trial_is_retried_exactly_once_across_a_kill_in_recovery(
+    tmp_path: Path, tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = open_study(load_study_file(write_study(tmp_path, store=tiny[1])))
+    number = _abandoned_trial(study, 2**22 + 12345)  # above pid_max: never alive
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise SystemExit(9)
+
+    with monkeypatch.context() as m:
+        m.setattr(optuna.study.Study, "enqueue_trial", killed)  # dies between FAIL and enqueue
+        with pytest.raises(SystemExit):
+            recover_abandoned(study)
+    assert study.trials[number].state == TrialState.FAIL
+    assert recover_abandoned(study) == [number]
+    assert recover_abandoned(study) == []
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == number]
+    assert len(retries) == 1

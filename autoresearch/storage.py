@@ -81,7 +81,8 @@ def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:
         return study
     study = optuna.load_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec))
     stored = study.user_attrs.get(HASH_KEY)
-    if stored is None and not study.trials:
+    directions = [d.name.lower() for d in study.directions]
+    if stored is None and not study.trials and directions == spec.directions:
         # Killed between create_study and tagging it: nothing to be incompatible with.
         study.set_user_attr(HASH_KEY, spec.digest())
         study.set_user_attr(IDENTITY_KEY, spec.identity())
@@ -90,6 +91,8 @@ def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:
         old = study.user_attrs.get(IDENTITY_KEY, {})
         new = spec.identity()
         changed = sorted(k for k in new if old.get(k) != new[k]) or ["(not an autoresearch study)"]
+        if not old and directions != spec.directions:
+            changed = ["objectives"]  # empty and untagged, but made for other directions
         raise IncompatibleStudy(
             f"{spec.path}: study {spec.name!r} in {spec.storage} was made with different "
             f"{', '.join(changed)}; its trials are not comparable. Set study.name to a new "

@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from test_autoresearch_helpers import tiny, write_study
 
+from autoresearch.errors import IncompatibleStudy
 from autoresearch.loop import run_study
 from autoresearch.space import Space
 from autoresearch.storage import open_study, recover_abandoned
@@ -153,3 +154,13 @@ def test_abandoned_trial_is_retried_exactly_once_across_a_kill_in_recovery(
     assert recover_abandoned(study) == []
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == number]
     assert len(retries) == 1
+
+
+def test_empty_study_with_other_directions_is_refused(
+    tmp_path: Path, tiny: tuple[Path, Path]
+) -> None:
+    # e.g. made by `optuna create-study`, or killed before being tagged and then edited.
+    spec = load_study_file(write_study(tmp_path, store=tiny[1]))
+    optuna.create_study(storage=spec.storage, study_name=spec.name, directions=["maximize"])
+    with pytest.raises(IncompatibleStudy, match="objectives"):
+        open_study(spec)

@@ -191,7 +191,7 @@ def load_space(path: str | Path) -> Space:
             )
         if not isinstance(spec, dict):
             raise SpaceError(f"{path}: {key} must be a table (low/high or choices)")
-        knobs.append(_parse_knob(path, key, name, spec, [k.name for k in knobs]))
+        knobs.append(_parse_knob(path, key, name, spec, {k.name: k for k in knobs}))
     names = [k.name for k in knobs] + list(fixed)
     if "cache_fraction" in names and "cache_bytes" in names:
         raise SpaceError(f"{path}: give cache_fraction or cache_bytes, not both")
@@ -205,7 +205,9 @@ def _check_known(path: Path, key: str, name: str, known: list[str]) -> None:
         )
 
 
-def _parse_knob(path: Path, key: str, name: str, spec: dict[str, Any], before: list[str]) -> Knob:
+def _parse_knob(
+    path: Path, key: str, name: str, spec: dict[str, Any], before: dict[str, Knob]
+) -> Knob:
     allowed = {"low", "high", "step", "log", "choices", "when"}
     bad = sorted(set(spec) - allowed)
     if bad:
@@ -245,7 +247,9 @@ def _parse_knob(path: Path, key: str, name: str, spec: dict[str, Any], before: l
     return Knob(name=name, low=low, high=high, step=step, log=log, when=when)
 
 
-def _parse_when(path: Path, key: str, when: Any, before: list[str]) -> dict[str, dict[str, Any]]:
+def _parse_when(
+    path: Path, key: str, when: Any, before: dict[str, Knob]
+) -> dict[str, dict[str, Any]]:
     if not isinstance(when, dict):
         raise SpaceError(
             f"{path}: {key}.when must be a table like {{ prefetch = {{ not_in = [...] }} }}"
@@ -260,7 +264,24 @@ def _parse_when(path: Path, key: str, when: Any, before: list[str]) -> dict[str,
             raise SpaceError(
                 f"{path}: {key}.when.{other} must be a table of operators ({', '.join(OPERATORS)})"
             )
+        # Checked here, not when sampling: a bad argument would crash the study mid-trial.
+        numeric = before[other].choices is None or all(_is_num(c) for c in before[other].choices)
+        for op, arg in ops.items():
+            if op in ("in", "not_in") and not isinstance(arg, list):
+                raise SpaceError(f"{path}: {key}.when.{other}.{op} must be a list of values")
+            if op in ("in", "not_in"):
+                continue
+            if not numeric:
+                raise SpaceError(
+                    f"{path}: {key}.when.{other}.{op}: {other} is not numeric; use in or not_in"
+                )
+            if not _is_num(arg):
+                raise SpaceError(f"{path}: {key}.when.{other}.{op} must be a number, got {arg!r}")
     return {k: dict(v) for k, v in when.items()}
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _engine_accepts(path: Path, key: str, knobs: dict[str, Any]) -> None:

@@ -12,9 +12,9 @@ import pytest
 from optuna.trial import TrialState
 from test_autoresearch_helpers import tiny, write_study
 
-from autoresearch.errors import IncompatibleStudy
+from autoresearch.errors import IncompatibleStudy, SpaceError
 from autoresearch.loop import run_study
-from autoresearch.space import Space
+from autoresearch.space import Space, load_space
 from autoresearch.storage import open_study, recover_abandoned
 from autoresearch.study_file import load_study_file
 from autoresearch.trial import run_probe
@@ -164,3 +164,22 @@ def test_empty_study_with_other_directions_is_refused(
     optuna.create_study(storage=spec.storage, study_name=spec.name, directions=["maximize"])
     with pytest.raises(IncompatibleStudy, match="objectives"):
         open_study(spec)
+
+
+@pytest.mark.parametrize(
+    ("when", "needle"),
+    [
+        ("{ prefetch = { lt = 3 } }", "prefetch"),
+        ('{ prefetch = { in = "none" } }', "list"),
+        ('{ io_threads = { gt = "2" } }', "number"),
+    ],
+)
+def test_bad_condition_argument_is_refused_at_load(tmp_path: Path, when: str, needle: str) -> None:
+    p = tmp_path / "space.toml"
+    p.write_text(
+        '[knobs.prefetch]\nchoices = ["none", "next_layer"]\n'
+        "[knobs.io_threads]\nlow = 1\nhigh = 8\n"
+        f"[knobs.prefetch_depth]\nlow = 1\nhigh = 2\nwhen = {when}\n"
+    )
+    with pytest.raises(SpaceError, match=needle):
+        load_space(p)

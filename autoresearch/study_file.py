@@ -166,8 +166,12 @@ def load_study_file(path: str | Path) -> StudySpec:
     name = st.get("name", path.stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise StudyFileError(f"{path}: study.name must be letters, digits, - and _; got {name!r}")
-    if "space" not in st:
-        raise StudyFileError(f"{path}: study.space is missing (a search space TOML path)")
+    if not isinstance(st.get("space"), str):
+        raise StudyFileError(f"{path}: study.space must be a search space TOML path (a string)")
+    if not isinstance(st.get("storage", ""), str):
+        raise StudyFileError(f"{path}: study.storage must be a URL string, got {st['storage']!r}")
+    if not isinstance(st.get("cold", True), bool):
+        raise StudyFileError(f"{path}: study.cold must be true or false, got {st['cold']!r}")
     try:
         space = load_space(here / st["space"])
     except AutoresearchError as e:
@@ -184,6 +188,8 @@ def load_study_file(path: str | Path) -> StudySpec:
             "quant_group_size/layout; give model.path or model.synth so variants can be packed"
         )
     probe = doc.get("probe", {})
+    if not isinstance(probe, dict) or not isinstance(probe.get("suite", ""), str):
+        raise StudyFileError(f"{path}: [probe] must be a table; probe.suite a path string")
     suite = here / probe["suite"] if "suite" in probe else None
     if suite is not None and not suite.is_file():
         raise StudyFileError(f"{path}: probe.suite: {suite} not found")
@@ -204,7 +210,7 @@ def load_study_file(path: str | Path) -> StudySpec:
         repeats=_opt_int(path, st, "repeats", 1) or 1,
         baseline_repeats=_opt_int(path, st, "baseline_repeats", 1) or 3,
         trial_timeout_s=_opt_num(path, st, "trial_timeout_s") or 600.0,
-        cold=bool(st.get("cold", True)),
+        cold=st.get("cold", True),
         synth=synth,
         model_path=model_path,
         store_path=store_path,
@@ -267,6 +273,10 @@ def _objectives(path: Path, objs: Any) -> tuple[tuple[str, str], ...]:
         raise StudyFileError(f"{path}: [[objectives]] must be a non-empty array of tables")
     out = []
     for i, o in enumerate(objs):
+        if not isinstance(o, dict):
+            raise StudyFileError(
+                f"{path}: objectives[{i}] must be a table with metric and direction, got {o!r}"
+            )
         metric, direction = o.get("metric"), o.get("direction")
         if metric not in METRICS:
             raise StudyFileError(

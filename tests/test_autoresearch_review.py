@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from test_autoresearch_helpers import tiny, write_study
 
+from autoresearch.cli import main
 from autoresearch.errors import IncompatibleStudy, SpaceError
 from autoresearch.loop import run_study
 from autoresearch.space import Space, load_space
@@ -183,3 +184,27 @@ def test_bad_condition_argument_is_refused_at_load(tmp_path: Path, when: str, ne
     )
     with pytest.raises(SpaceError, match=needle):
         load_space(p)
+
+
+@pytest.mark.parametrize(
+    ("top", "study", "needle"),
+    [
+        ('objectives = ["decode_tok_s"]', "", "objectives[0]"),
+        ("probe = 1", "", "[probe]"),
+        ("", "space = 5", "study.space"),
+        ("", 'cold = "false"', "study.cold"),
+        ("", "storage = 5", "study.storage"),
+    ],
+)
+def test_malformed_study_values_are_one_line_errors(
+    tmp_path: Path, tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+    top: str, study: str, needle: str,
+) -> None:  # fmt: skip
+    p = write_study(tmp_path, store=tiny[1], kind=None)
+    key = study.split(" = ")[0]
+    lines = [ln for ln in p.read_text().splitlines() if not (key and ln.startswith(key + " = "))]
+    text = "\n".join(lines).replace("[study]\n", f"[study]\n{study}\n", 1)
+    p.write_text(f"{top}\n{text}")
+    assert main(["status", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1, err

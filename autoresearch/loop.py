@@ -65,8 +65,9 @@ def run_study(
     display = display or Display(spec, n_trials, timeout_s)
     for number in recover_abandoned(study):
         display.note(f"trial {number}: abandoned by a killed run; marked FAIL and re-enqueued")
-    if not study.trials:
+    if not _has_baseline(study):
         # Trial 0 is the engine's default config, measured with extra repeats: the noise floor.
+        # A baseline that failed is measured again: without it there is no floor and no ratio.
         params = spec.space.baseline_params()
         study.enqueue_trial(params, user_attrs={"baseline": True, "baseline_knobs": list(params)})
     variants = Variants(spec, progress=display.interactive, note=print)
@@ -101,6 +102,12 @@ def run_study(
             done = summary.completed + summary.failed + summary.screened
             display.trial_done(study, trial.number, done)
     return summary
+
+
+def _has_baseline(study: optuna.Study) -> bool:
+    """A baseline trial is complete, waiting or being measured."""
+    alive = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    return any(t.user_attrs.get("baseline") for t in study.get_trials(states=alive))
 
 
 def _one_trial(

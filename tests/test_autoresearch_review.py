@@ -208,3 +208,18 @@ def test_malformed_study_values_are_one_line_errors(
     assert main(["status", str(p)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1, err
+
+
+def test_failed_baseline_is_measured_again_by_the_next_run(
+    tmp_path: Path, tiny: tuple[Path, Path]
+) -> None:
+    # Without a complete baseline there is no noise floor and confirm refuses; confirm says
+    # "run first", so the next run must actually measure it.
+    p = write_study(tmp_path, store=tiny[1], kind="crash")
+    run_study(load_study_file(p), n_trials=1)
+    p.write_text(p.read_text().replace('"crash"', '"ok"'))
+    run_study(load_study_file(p), n_trials=1)
+    trials = _load(p).trials
+    assert trials[0].state == TrialState.FAIL
+    assert trials[1].state == TrialState.COMPLETE and trials[1].user_attrs["baseline"] is True
+    assert "noise_floor" in _load(p).user_attrs

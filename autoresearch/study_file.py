@@ -76,7 +76,7 @@ DEFAULT_OBJECTIVES = (
     ("kl_mean", "minimize"),
 )
 SAMPLERS = ("tpe", "nsga2", "random")
-SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe")
+SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")  # = engine.synth's
 SYNTH_PRESETS = ("tiny", "small", "bench")
 
 

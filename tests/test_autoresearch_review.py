@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_autoresearch_helpers import tiny, write_study
+from test_autoresearch_helpers import SPACES, tiny, write_study
 
 from autoresearch.cli import main
 from autoresearch.errors import IncompatibleStudy, SpaceError
@@ -223,3 +223,15 @@ def test_failed_baseline_is_measured_again_by_the_next_run(
     assert trials[0].state == TrialState.FAIL
     assert trials[1].state == TrialState.COMPLETE and trials[1].user_attrs["baseline"] is True
     assert "noise_floor" in _load(p).user_attrs
+
+
+def test_every_family_the_engine_synthesizes_is_allowed(tmp_path: Path) -> None:
+    from autoresearch.study_file import SYNTH_FAMILIES
+    from engine.synth import SYNTH_FAMILIES as ENGINE_FAMILIES
+
+    assert set(SYNTH_FAMILIES) == set(ENGINE_FAMILIES)
+    p = tmp_path / "s.toml"
+    p.write_text(
+        f'[study]\nspace = "{SPACES / "io.toml"}"\n[model]\nsynth = {{ family = "olmoe" }}\n'
+    )
+    assert load_study_file(p).synth == {"family": "olmoe", "preset": "tiny", "seed": 0}

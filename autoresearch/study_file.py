@@ -76,6 +76,15 @@ DEFAULT_OBJECTIVES = (
     ("kl_mean", "minimize"),
 )
 SAMPLERS = ("tpe", "nsga2", "random")
+# The keys each table may hold: a misspelt key would otherwise be ignored silently.
+KEYS = {
+    "study": {"name", "storage", "space", "sampler", "seed", "n_trials", "timeout_s",
+              "repeats", "baseline_repeats", "trial_timeout_s", "cold"},
+    "model": {"synth", "path", "store"},
+    "model.synth": {"family", "preset", "seed"},
+    "probe": {"suite", "probe_command"},
+    "fidelity": {"screen", "keep"},
+}  # fmt: skip
 SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")  # = engine.synth's
 SYNTH_PRESETS = ("tiny", "small", "bench")
 
@@ -163,6 +172,8 @@ def load_study_file(path: str | Path) -> StudySpec:
         raise StudyFileError(f"{path}: unknown table(s) {', '.join(bad)}; allowed: {allowed}")
     here = path.resolve().parent
     st = _table(path, doc, "study")
+    for key in ("study", "model", "probe", "fidelity"):
+        _known_keys(path, key, doc.get(key))
     name = st.get("name", path.stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise StudyFileError(f"{path}: study.name must be letters, digits, - and _; got {name!r}")
@@ -243,6 +254,19 @@ def _fidelity(path: Path, t: Any, space: Space) -> tuple[str, float]:
             "screen = 'none'"
         )
     return screen, float(keep)
+
+
+def _known_keys(path: Path, key: str, t: Any) -> None:
+    if not isinstance(t, dict):
+        return  # absent, or not a table: reported where the table is read
+    bad = sorted(set(t) - KEYS[key])
+    if bad:
+        raise StudyFileError(
+            f"{path}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; "
+            f"[{key}] may hold {', '.join(sorted(KEYS[key]))}"
+        )
+    if key == "model":
+        _known_keys(path, "model.synth", t.get("synth"))
 
 
 def _table(path: Path, doc: dict[str, Any], key: str) -> dict[str, Any]:

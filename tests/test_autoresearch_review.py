@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from optuna.trial import TrialState
 from test_autoresearch_helpers import SPACES, tiny, write_study
 
 from autoresearch.cli import main
-from autoresearch.errors import IncompatibleStudy, SpaceError
+from autoresearch.errors import IncompatibleStudy, SpaceError, StudyFileError
 from autoresearch.loop import run_study
 from autoresearch.space import Space, load_space
 from autoresearch.storage import open_study, recover_abandoned
@@ -235,3 +236,25 @@ def test_every_family_the_engine_synthesizes_is_allowed(tmp_path: Path) -> None:
         f'[study]\nspace = "{SPACES / "io.toml"}"\n[model]\nsynth = {{ family = "olmoe" }}\n'
     )
     assert load_study_file(p).synth == {"family": "olmoe", "preset": "tiny", "seed": 0}
+
+
+@pytest.mark.parametrize(
+    ("where", "line", "needle"),
+    [
+        ("study", "n_trails = 50", "study.n_trails"),
+        ("model", 'storee = "x"', "model.storee"),
+        ("synth", ', famliy = "x"', "model.synth.famliy"),
+        ("end", '[fidelity]\nscrean = "trace"', "fidelity.screan"),
+        ("end", '[probe]\nsuit = "x.toml"', "probe.suit"),
+    ],
+)
+def test_misspelt_study_key_is_refused(tmp_path: Path, where: str, line: str, needle: str) -> None:
+    # A typo'd key was silently ignored: the study ran with the default instead.
+    at = {k: line if k == where else "" for k in ("study", "model", "synth", "end")}
+    p = tmp_path / "s.toml"
+    p.write_text(
+        f'[study]\nspace = "{SPACES / "io.toml"}"\n{at["study"]}\n'
+        f'[model]\nsynth = {{ family = "olmoe"{at["synth"]} }}\n{at["model"]}\n{at["end"]}\n'
+    )
+    with pytest.raises(StudyFileError, match=re.escape(needle)):
+        load_study_file(p)

@@ -348,8 +348,13 @@ def _model(
             raise StudyFileError(f"{path}: model.synth.family must be one of {SYNTH_FAMILIES}")
         if s.get("preset", "tiny") not in SYNTH_PRESETS:
             raise StudyFileError(f"{path}: model.synth.preset must be one of {SYNTH_PRESETS}")
-        spec = {"family": s["family"], "preset": s.get("preset", "tiny"), "seed": s.get("seed", 0)}
+        seed = s.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise StudyFileError(f"{path}: model.synth.seed must be an integer >= 0, got {seed!r}")
+        spec = {"family": s["family"], "preset": s.get("preset", "tiny"), "seed": seed}
         return spec, None, None
+    if not isinstance(m[given[0]], str):
+        raise StudyFileError(f"{path}: model.{given[0]} must be a path string, got {m[given[0]]!r}")
     p = here / m[given[0]]
     if given == ["path"]:
         if not (p / "config.json").is_file():

@@ -258,3 +258,17 @@ def test_misspelt_study_key_is_refused(tmp_path: Path, where: str, line: str, ne
     )
     with pytest.raises(StudyFileError, match=re.escape(needle)):
         load_study_file(p)
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [("path = 5", "model.path"), ('synth = { family = "olmoe", seed = "x" }', "model.synth.seed")],
+)
+def test_bad_model_value_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, needle: str
+) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text(f'[study]\nspace = "{SPACES / "io.toml"}"\n[model]\n{model}\n')
+    assert main(["status", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err, err

@@ -176,8 +176,8 @@ def load_space(path: str | Path) -> Space:
     for name in fixed:
         _check_known(path, f"fixed.{name}", name, known)
     _engine_accepts(path, "fixed", dict(fixed))
-    if not 0 <= fixed.get("cache_fraction", 0) <= 1:
-        raise SpaceError(f"{path}: fixed.cache_fraction must lie in [0, 1]")
+    if "cache_fraction" in fixed:
+        _fraction(path, "fixed", fixed["cache_fraction"])
     table = doc.get("knobs", {})
     if not isinstance(table, dict) or not table:
         raise SpaceError(f"{path}: [knobs] must hold at least one [knobs.<name>] table")
@@ -220,6 +220,8 @@ def _parse_knob(
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{path}: {key}.choices must be a non-empty list")
         for c in choices:
+            if name == "cache_fraction":
+                _fraction(path, f"{key}.choices", c)
             _engine_accepts(path, f"{key}.choices", {name: c})
         return Knob(name=name, choices=tuple(choices), when=when)
     if "low" not in spec or "high" not in spec:
@@ -278,6 +280,12 @@ def _parse_when(
             if not _is_num(arg):
                 raise SpaceError(f"{path}: {key}.when.{other}.{op} must be a number, got {arg!r}")
     return {k: dict(v) for k, v in when.items()}
+
+
+def _fraction(path: Path, key: str, v: Any) -> None:
+    """cache_fraction is virtual: the engine never sees it, so its range is checked here."""
+    if not _is_num(v) or not 0 <= v <= 1:
+        raise SpaceError(f"{path}: {key}: cache_fraction must be a number in [0, 1], got {v!r}")
 
 
 def _is_num(v: Any) -> bool:

@@ -272,3 +272,18 @@ def test_bad_model_value_is_a_one_line_error(
     assert main(["status", str(p)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err, err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[fixed]\ncache_fraction = "big"\n[knobs.io_threads]\nlow = 1\nhigh = 2\n',
+        "[knobs.cache_fraction]\nchoices = [0.5, 2.0]\n",
+        '[knobs.cache_fraction]\nchoices = ["half"]\n',
+    ],
+)
+def test_cache_fraction_outside_0_1_is_refused_everywhere(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "space.toml"
+    p.write_text(text)
+    with pytest.raises(SpaceError, match=r"cache_fraction must (be a number in|lie in) \[0, 1\]"):
+        load_space(p)

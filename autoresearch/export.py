@@ -77,9 +77,13 @@ def pick_trial(res: Results, pick: str, limits: Limits, trial: int | None = None
         what = ", ".join(f"{flag} {lim:g}" for _, flag, lim in limits.checks())
         got = ", ".join(f"{m}={closest.medians.get(m, float('nan')):.4g}"
                         for m, _, _ in limits.checks())  # fmt: skip
-        who = f"trial {trial}" if trial is not None else "no trial"
+        if trial is not None:
+            raise NoTrialFits(
+                f"{res.spec.path}: trial {trial} does not satisfy {what}: it has {got}. Relax "
+                "the limit or export another trial"
+            )
         raise NoTrialFits(
-            f"{res.spec.path}: {who} satisfies {what}; the closest is trial "
+            f"{res.spec.path}: no trial satisfies {what}; the closest is trial "
             f"{closest.number} with {got}. Relax the limit or run more trials"
         )
     if trial is not None:

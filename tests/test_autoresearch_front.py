@@ -157,7 +157,7 @@ def test_export_fails_when_no_trial_fits(spec: StudySpec, tmp_path: Path, capsys
     assert main(argv) == 1
     assert "no trial satisfies --max-memory" in capsys.readouterr().err
     assert not (tmp_path / "t.toml").exists()
-    with pytest.raises(NoTrialFits, match="trial 1 satisfies"):
+    with pytest.raises(NoTrialFits, match="trial 1 does not satisfy --max-memory 1e.08"):
         export(load_results(spec), tmp_path / "t.toml", trial=1, limits=Limits(max_memory=1e8))
 
 

@@ -213,6 +213,8 @@ def export(
     force: bool = False,
 ) -> Figures:
     """Write the picked trial's config + provenance to `out`; returns the trial's figures."""
+    if out.is_dir():
+        raise AutoresearchError(f"-o {out} is a directory; give a file, e.g. {out / 'tuned.toml'}")
     f = pick_trial(res, pick, limits, trial)
     check_store(res, f, store, force=force)
     try:

@@ -18,6 +18,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.results import Figures, Results, load_results, machine_summary
 from autoresearch.show import importances
 from autoresearch.study_file import StudySpec
@@ -26,6 +27,8 @@ LATENCY = ("latency_p50_s", "latency_p99_s", "latency_max_s")
 
 
 def write_report(spec: StudySpec, out: Path) -> Path:
+    if out.is_dir():
+        raise AutoresearchError(f"-o {out} is a directory; give a file, e.g. {out / 'report.html'}")
     res = load_results(spec)
     sections: list[tuple[str, go.Figure | str]] = [("Pareto front", front_table(res))]
     sections += pareto_figures(res)

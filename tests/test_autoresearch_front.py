@@ -157,7 +157,7 @@ def test_export_fails_when_no_trial_fits(spec: StudySpec, tmp_path: Path, capsys
     assert main(argv) == 1
     assert "no trial satisfies --max-memory" in capsys.readouterr().err
     assert not (tmp_path / "t.toml").exists()
-    with pytest.raises(NoTrialFits, match="trial 1 does not satisfy --max-memory 1e.08"):
+    with pytest.raises(NoTrialFits, match=r"trial 1 does not satisfy --max-memory 1e\+08"):
         export(load_results(spec), tmp_path / "t.toml", trial=1, limits=Limits(max_memory=1e8))
 
 
@@ -260,3 +260,12 @@ def test_confirm_changes_medians_keeps_samples(spec: StudySpec, tmp_path: Path) 
     f = export(res, tmp_path / "t.toml", pick="fastest")
     prov = tomllib.loads((tmp_path / "t.toml").read_text())["provenance"]
     assert prov["measurement"].startswith("confirmed") and f.medians["decode_tok_s"] == 1.0
+
+
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_output_that_is_a_directory_is_a_one_line_error(
+    spec: StudySpec, tmp_path: Path, capsys: Any, command: str
+) -> None:
+    assert main([command, str(spec.path), "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is a directory" in err and len(err.splitlines()) == 1

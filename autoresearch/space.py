@@ -27,6 +27,7 @@ store the trial runs on, so one space fits every model size and quantization var
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ VIRTUAL_KNOBS = {"cache_fraction": "cache_bytes"}
 # Knobs that select a store variant (built by autoresearch.variants) rather than a runtime knob.
 VARIANT_KNOBS = ("quant_bits", "quant_group_size", "layout")
 OPERATORS = ("in", "not_in", "lt", "le", "gt", "ge")
+FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(EngineConfig)}
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,8 @@ def _parse_knob(
                 raise SpaceError(f"{path}: {key}: cache_fraction must lie in [0, 1], got {v}")
         else:
             _engine_accepts(path, key, {name: v})
+    if name == "cache_fraction" or FIELD_TYPES.get(name) == "float":
+        low, high = float(low), float(high)  # TOML `0`/`1` are ints: keep a fraction a float
     return Knob(name=name, low=low, high=high, step=step, log=log, when=when)
 
 

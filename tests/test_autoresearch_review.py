@@ -287,3 +287,13 @@ def test_cache_fraction_outside_0_1_is_refused_everywhere(tmp_path: Path, text: 
     p.write_text(text)
     with pytest.raises(SpaceError, match=r"cache_fraction must (be a number in|lie in) \[0, 1\]"):
         load_space(p)
+
+
+def test_fraction_range_with_integer_bounds_is_still_a_float_range(tmp_path: Path) -> None:
+    # TOML `low = 0` / `high = 1` are ints; a fraction knob must not collapse to {0, 1}.
+    p = tmp_path / "space.toml"
+    p.write_text("[knobs.cache_fraction]\nlow = 0\nhigh = 1\n")
+    space = load_space(p)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = [space.suggest(study.ask())["cache_fraction"] for _ in range(5)]
+    assert all(0 < v < 1 for v in values), values

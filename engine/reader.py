@@ -93,6 +93,7 @@ class _Request:
         "loc",
         "lock",
         "path",
+        "ran",
         "t0",
     )
 
@@ -108,6 +109,7 @@ class _Request:
         self.left = 0
         self.error: BaseException | None = None
         self.lock = threading.Lock()
+        self.ran = False  # a chunk touched the file (a cancelled request skips the rest)
         self.t0 = 0.0
 
 
@@ -199,9 +201,9 @@ class ExpertReader:
 
     def submit(self, layer: int, expert: int) -> Future[np.ndarray]:
         """Read in the background; `.result()` gives the bytes or raises ReadError. Never hangs:
-        closing the reader fails pending futures instead of abandoning them."""
+        closing the reader fails pending futures instead of abandoning them. `.cancel()` works
+        (the future stays pending): chunks not yet started are skipped."""
         fut: Future[np.ndarray] = Future()
-        fut.set_running_or_notify_cancel()
         try:
             if self._closed:
                 raise ReadError(f"reader is closed; cannot read layer {layer} expert {expert}")
@@ -336,6 +338,9 @@ class ExpertReader:
         return fd
 
     def _read_chunk(self, req: _Request, i: int) -> None:
+        if req.future is not None and req.future.cancelled():
+            return  # a dropped prefetch guess: spend no I/O on it
+        req.ran = True
         start, n = req.chunks[i]
         off = req.loc.offset + start
         # Bytes this chunk must deliver: the padding past nbytes may legitimately be past EOF.
@@ -382,6 +387,10 @@ class ExpertReader:
             # An exception escaping a done-callback is only logged, which would leave `fut`
             # pending forever: route everything into the future.
             try:
+                if fut.cancelled():
+                    if req.ran:  # bytes that were read still count (and sit in the page cache)
+                        self._finish(req)
+                    return
                 self._finish(req)
                 with self._stat_lock:
                     self.submit_seconds += time.perf_counter() - req.t0

@@ -267,3 +267,19 @@ def test_diskbench_smoke(disk_dir: Path, pattern: str) -> None:
         measure_read_bandwidth(p, 1000, 1, "buffered", 1 << 20)
     with pytest.raises(ValueError):
         measure_read_bandwidth(p, 4 << 20, 1, "buffered", 1 << 20)  # chunk > file
+
+
+def test_cancelled_submit_reads_nothing(store: FakeStore) -> None:
+    # Prefetch cancels a wrong guess; a read still queued must then not cost disk time.
+    with ExpertReader(store, "buffered", io_threads=1, read_chunk_bytes=ALIGN) as r:
+        gate = threading.Event()
+        r._pool.submit(gate.wait)  # hold the only worker so the next read stays queued
+        try:
+            doomed = r.submit(0, 1)
+            cancelled = doomed.cancel()
+            kept = r.submit(0, 2)
+        finally:
+            gate.set()
+        assert cancelled
+        assert kept.result(timeout=30).tobytes() == store.data[(0, 2)]
+        assert r.reads == 1 and r.bytes_read == NBYTES

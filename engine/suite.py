@@ -60,7 +60,7 @@ def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = Non
     path = Path(path)
     doc = read_toml(path, "probe suite", ProbeError)
     seed = _int(doc, "seed", path, default=0)
-    warmup = _int(doc, "warmup_tokens", path, default=DEFAULT_WARMUP)
+    warmup = _int(doc, "warmup_tokens", path, default=DEFAULT_WARMUP, minimum=0)
     entries = doc.get("prompts", [])
     if not isinstance(entries, list):
         raise ProbeError(f"{path}: `prompts` must be an array of tables ([[prompts]])")
@@ -72,8 +72,9 @@ def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = Non
     elif "generated" in doc:
         g = doc["generated"]
         rng = np.random.default_rng(seed)
-        n, plen = _int(g, "prompts", path, 4), _int(g, "prompt_tokens", path, 48)
-        dec = _int(g, "decode_tokens", path, 64)
+        n = _int(g, "prompts", path, 4, minimum=1)
+        plen = _int(g, "prompt_tokens", path, 48, minimum=1)
+        dec = _int(g, "decode_tokens", path, 64, minimum=1)
         for _ in range(n):
             prompts.append(Prompt(tuple(int(t) for t in rng.integers(0, vocab_size, plen)), dec))
     else:
@@ -107,8 +108,12 @@ def _prompt(e: dict[str, Any], i: int, path: Path, vocab: int, tokenizer: Any | 
     raise ProbeError(f"{where}: needs `ids` or `text`")
 
 
-def _int(doc: dict[str, Any], key: str, path: Path, default: int) -> int:
+def _int(
+    doc: dict[str, Any], key: str, path: Path, default: int, minimum: int | None = None
+) -> int:
     v = doc.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool):
         raise ProbeError(f"{path}: `{key}` must be an integer, got {v!r}")
+    if minimum is not None and v < minimum:
+        raise ProbeError(f"{path}: `{key}` must be >= {minimum}, got {v}")
     return v

@@ -207,6 +207,10 @@ def test_bad_suite_files(packed_store: Callable[..., Store], tmp_path: Path) -> 
         "range.toml": f"[[prompts]]\nids = [1, {vocab + 5}]\n",
         "text.toml": '[[prompts]]\ntext = "hi"\n',
         "neither.toml": "[[prompts]]\ndecode_tokens = 3\n",
+        # A negative warm-up would make token_s[w:] keep only the last |w| latencies.
+        "warmup.toml": "warmup_tokens = -2\n[[prompts]]\nids = [1, 2]\n",
+        "gen.toml": "[generated]\nprompt_tokens = 0\n",
+        "gendec.toml": "[generated]\ndecode_tokens = 0\n",
     }
     for name, body in cases.items():
         p = tmp_path / name

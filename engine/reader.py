@@ -201,8 +201,7 @@ class ExpertReader:
 
     def submit(self, layer: int, expert: int) -> Future[np.ndarray]:
         """Read in the background; `.result()` gives the bytes or raises ReadError. Never hangs:
-        closing the reader fails pending futures instead of abandoning them. `.cancel()` works
-        (the future stays pending): chunks not yet started are skipped."""
+        closing the reader fails pending futures; `.cancel()` skips chunks not yet started."""
         fut: Future[np.ndarray] = Future()
         try:
             if self._closed:
@@ -387,11 +386,10 @@ class ExpertReader:
             # An exception escaping a done-callback is only logged, which would leave `fut`
             # pending forever: route everything into the future.
             try:
+                if req.ran:  # read bytes count (and sit in the page cache) even if cancelled
+                    self._finish(req)
                 if fut.cancelled():
-                    if req.ran:  # bytes that were read still count (and sit in the page cache)
-                        self._finish(req)
                     return
-                self._finish(req)
                 with self._stat_lock:
                     self.submit_seconds += time.perf_counter() - req.t0
                 fut.set_result(req.buf[: req.loc.nbytes])

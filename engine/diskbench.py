@@ -18,7 +18,8 @@ import numpy as np
 
 from engine.errors import ReadError
 from engine.pagecache import evict
-from engine.reader import ALIGN, IO_MODES, aligned_empty, pread_full
+from engine.rawio import ALIGN, aligned_empty, pread_full
+from engine.reader import IO_MODES
 
 PATTERNS = ("sequential", "random")
 

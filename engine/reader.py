@@ -30,9 +30,9 @@ import numpy as np
 
 from engine.errors import ReadError
 from engine.pagecache import PageCacheBudget
+from engine.rawio import ALIGN, aligned_empty, pread_full
 from engine.store import ExpertLoc
 
-ALIGN = 4096  # O_DIRECT: buffer address, file offset and length multiples of the block size
 IO_MODES = ("direct", "buffered", "mmap")
 _F_NOCACHE = 48  # macOS fcntl: the closest thing to O_DIRECT there
 
@@ -54,28 +54,6 @@ class FileSource:
 
     def expert(self, layer: int, expert: int) -> ExpertLoc:
         return self.locate(layer, expert)
-
-
-def aligned_empty(nbytes: int) -> np.ndarray:
-    """A uint8 buffer of nbytes whose address is a multiple of ALIGN (what O_DIRECT needs)."""
-    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    skip = -raw.ctypes.data % ALIGN
-    return raw[skip : skip + nbytes]
-
-
-def pread_full(fd: int, view: memoryview, offset: int) -> int:
-    """Read into `view` from `offset` until full or EOF; returns bytes read (< len at EOF).
-
-    preadv fills our buffer in place: os.pread would allocate bytes and cost a second copy.
-    """
-    got = 0
-    n = len(view)
-    while got < n:
-        k = os.preadv(fd, [view[got:]], offset + got)
-        if k == 0:
-            break
-        got += k
-    return got
 
 
 class _Request:

@@ -17,7 +17,8 @@ import pytest
 
 from engine import pagecache
 from engine.errors import ReadError
-from engine.reader import ALIGN, ExpertReader, FileSource, aligned_empty
+from engine.rawio import ALIGN, aligned_empty
+from engine.reader import ExpertReader, FileSource
 from engine.store import ExpertLoc
 
 ROOT = Path(__file__).resolve().parents[1]

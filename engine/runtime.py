@@ -165,9 +165,10 @@ class Engine:
 
     @property
     def entry_bytes(self) -> int:
-        """RAM one cached expert takes (decoded arrays; float32 compute doubles 16-bit ones)."""
+        """RAM one cached expert takes (decoded arrays; float32 compute doubles 16-bit weights,
+        quantized experts are kept as stored: see streaming.prepare_weights)."""
         data = sum(t.nbytes for t in self.store.expert_tensors)
-        if self.config.compute_dtype == "float32":
+        if self.config.compute_dtype == "float32" and self.store.bits >= 16:
             data = sum(
                 t.nbytes * (2 if t.dtype in ("bfloat16", "float16") else 1)
                 for t in self.store.expert_tensors

@@ -102,8 +102,8 @@ class Engine:
         if config.cache_policy == "pinned" and self.store.profile() is None:
             raise ConfigError(
                 f"cache_policy = 'pinned' needs a routing profile, and {self.store.root} has no "
-                "profile.json (pack skips calibration when the model is too big for RAM); "
-                "re-pack with --layout coactivation, or use lru/lfu"
+                "profile.json (pack calibrates only models that fit in half of RAM); use "
+                "cache_policy lru or lfu for this store"
             )
         self.family = family_of(self.store)
         self.model, self.model_config = load_streaming_model(

@@ -18,6 +18,13 @@ Key = tuple[int, int]  # (layer, expert)
 Router = Callable[[mx.array], mx.array]  # x (T, D) -> routing scores (T, E); higher = chosen
 
 
+def rank_experts(router: Router, x: mx.array) -> list[int]:
+    """Experts by descending router score for the newest token (last row of x); stable ties,
+    so the trace simulator ranks exactly the same way."""
+    s = np.array(router(x[-1:]).astype(mx.float32))[0]
+    return [int(e) for e in np.argsort(-s, kind="stable")]
+
+
 @dataclass
 class PrefetchStats:
     predicted: int = 0  # experts predicted (summed over predicted layer-steps)
@@ -81,13 +88,16 @@ class Prefetcher:
             else:
                 fut.cancel()
                 self.stats.wasted += 1
-        self._last_used[layer] = experts
         return handed
 
     def after_fetch(self, layer: int, x: mx.array) -> None:
         """Predict and start reads for the next `depth` MoE layers, given layer's input x (T, D)."""
         if not self.active:
             return
+        if self.mode == "previous_token":
+            # Remember this token's top-`width` experts here by router score, for the next
+            # token's guess (after a prefill: the prompt's last token, not the whole prompt).
+            self._last_used[layer] = rank_experts(self.routers[layer], x)[: self.width]
         pos = self._pos[layer]
         for target in self.moe_layers[pos + 1 : pos + 1 + self.depth]:
             guess = self._predict(target, x)
@@ -103,8 +113,8 @@ class Prefetcher:
 
     def _predict(self, target: int, x: mx.array) -> list[int]:
         if self.mode == "previous_token":
-            # The previous token's experts at `target` (still recorded: target has not run yet).
-            return self._last_used.get(target, [])[: self.width]
+            # The previous token's best experts at `target` (target has not run yet this token).
+            return self._last_used.get(target, [])
         scores = self.routers[target](x)  # (T, E)
         w = min(self.width, scores.shape[-1])
         top = np.array(mx.argpartition(-scores, kth=w - 1, axis=-1)[..., :w])

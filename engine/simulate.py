@@ -34,7 +34,7 @@ def simulate(
     top_k = int(config.experts_per_token or meta["top_k"])
     width = config.prefetch_width or top_k
     prefetching = config.prefetch != "none" and config.prefetch_depth > 0
-    depth = min(config.prefetch_depth, trace.next_rank.shape[1]) if prefetching else 0
+    depth = min(config.prefetch_depth, trace.rank.shape[1] - 1) if prefetching else 0
     cache = ExpertCache(config.cache_bytes, config.cache_policy,
                         pinned_fraction=config.pinned_fraction, hot=hot,
                         entry_bytes=entry_bytes)  # fmt: skip
@@ -68,13 +68,14 @@ def simulate(
                 if (layer, e) not in mine:
                     demand += decode
         req += len(experts) if decode else 0
-        last_used[layer] = experts
+        if config.prefetch == "previous_token":
+            last_used[layer] = [int(e) for e in trace.rank[i, 0, :width] if e >= 0]
         if depth and width:
             for d, target in enumerate(moe_layers[pos[layer] + 1 : pos[layer] + 1 + depth]):
                 if config.prefetch == "previous_token":
-                    g = last_used.get(target, [])[:width]
+                    g = last_used.get(target, [])
                 else:
-                    g = [int(e) for e in trace.next_rank[i, d, :width] if e >= 0]
+                    g = [int(e) for e in trace.rank[i, d + 1, :width] if e >= 0]
                 if not g:
                     continue
                 predicted.setdefault(target, set()).update(g)

@@ -2,7 +2,7 @@
 
 One record per MoE layer call ("fetch"): the prompt and phase (prefill/decode) it belongs to, the
 layer, the unique experts it routed to, their router scores (decode), and — for prefetch
-simulation — the ranking the next layers' routers give the current hidden state.
+simulation — the ranking that this layer's and the next layers' routers give the newest token.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from engine.prefetch import rank_experts
+
 PREFILL, DECODE = 0, 1
-RANK_DEPTH = 3  # next layers whose router rankings are recorded
-RANK_WIDTH = 32  # experts ranked per next layer (enough for prefetch_width up to 32)
+RANK_DEPTH = 3  # next layers whose router rankings are recorded (row 0 is the layer itself)
+RANK_WIDTH = 32  # experts ranked per layer (enough for prefetch_width up to 32)
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Trace:
     offsets: np.ndarray  # (N+1,) int64 CSR into experts/scores
     experts: np.ndarray  # (M,) int32, unique routed experts of each fetch
     scores: np.ndarray  # (M,) float32 router scores of those experts (NaN for prefill)
-    next_rank: np.ndarray  # (N, RANK_DEPTH, RANK_WIDTH) int32, -1 where none
+    rank: np.ndarray  # (N, 1 + RANK_DEPTH, RANK_WIDTH) int32: row 0 own layer, d: layer+d
 
     def __len__(self) -> int:
         return int(self.layer.size)
@@ -45,7 +47,7 @@ class Trace:
             meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8),
             layer=self.layer, prompt=self.prompt, phase=self.phase, step=self.step,
             offsets=self.offsets, experts=self.experts, scores=self.scores,
-            next_rank=self.next_rank,
+            rank=self.rank,
         )  # fmt: skip
 
     @classmethod
@@ -53,7 +55,7 @@ class Trace:
         d = np.load(path, allow_pickle=False)
         meta = json.loads(bytes(d["meta"]).decode())
         return cls(meta, d["layer"], d["prompt"], d["phase"], d["step"], d["offsets"],
-                   d["experts"], d["scores"], d["next_rank"])  # fmt: skip
+                   d["experts"], d["scores"], d["rank"])  # fmt: skip
 
 
 @dataclass
@@ -80,12 +82,11 @@ class Tracer:
             self._scores.append(s[exp].astype(np.float32))
         else:
             self._scores.append(np.full(exp.size, np.nan, dtype=np.float32))
-        ranks = np.full((RANK_DEPTH, RANK_WIDTH), -1, dtype=np.int32)
+        ranks = np.full((1 + RANK_DEPTH, RANK_WIDTH), -1, dtype=np.int32)
         pos = self.moe_layers.index(layer)
-        for d, target in enumerate(self.moe_layers[pos + 1 : pos + 1 + RANK_DEPTH]):
-            s = self.routers[target](x[-1:]).astype(mx.float32)  # last row: the newest token
-            order = np.argsort(-np.array(s)[0], kind="stable")[:RANK_WIDTH]
-            ranks[d, : order.size] = order
+        for d, target in enumerate(self.moe_layers[pos : pos + 1 + RANK_DEPTH]):
+            order = rank_experts(self.routers[target], x)[:RANK_WIDTH]  # as the prefetcher ranks
+            ranks[d, : len(order)] = order
         self._ranks.append(ranks)
 
     def finish(self) -> Trace:
@@ -102,9 +103,9 @@ class Tracer:
             offsets=offsets,
             experts=np.concatenate(self._experts) if self._experts else empty_i,
             scores=np.concatenate(self._scores) if self._scores else empty_f,
-            next_rank=(
+            rank=(
                 np.stack(self._ranks)
                 if self._ranks
-                else np.zeros((0, RANK_DEPTH, RANK_WIDTH), np.int32)
+                else np.zeros((0, 1 + RANK_DEPTH, RANK_WIDTH), np.int32)
             ),
         )

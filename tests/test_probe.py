@@ -175,6 +175,27 @@ def test_simulator_agrees_with_engine(traced) -> None:
     assert 0 < est["decode_tok_s_estimate"] <= 100
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"prefetch": "previous_token", "prefetch_width": 2},
+        {"prefetch": "previous_token", "prefetch_depth": 2},
+        {"prefetch": "next_layer", "prefetch_depth": 3, "prefetch_width": 6},
+        {"cache_policy": "lfu", "prefetch": "none"},
+    ],
+)
+def test_simulator_agrees_on_configs_the_trace_was_not_recorded_with(
+    traced, changes: dict[str, object]
+) -> None:
+    # Routing does not depend on cache/prefetch knobs: one trace stands for all of them.
+    store, cfg, _, trace = traced
+    other = cfg.replace(**changes)
+    measured = probe(store, other, _suite(store))
+    sim = simulate(trace, other)
+    for key in ("cache_hit_rate", "prefetch_recall", "prefetch_precision"):
+        assert abs(sim[key] - measured[key]) <= 0.03, key
+
+
 @pytest.mark.parametrize("policy", ["lru", "lfu"])
 def test_smaller_cache_never_hits_more_on_the_same_trace(traced, policy: str) -> None:
     store, cfg, _, trace = traced

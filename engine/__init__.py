@@ -17,17 +17,50 @@ from engine.errors import (
     UnsupportedModel,
 )
 
+# Lazy: each pulls in MLX / mlx-lm, which `--help` and config validation do not need.
+_LAZY = {
+    "Engine": "engine.runtime",
+    "Store": "engine.store",
+    "Trace": "engine.trace",
+    "get_reference": "engine.reference",
+    "load_suite": "engine.suite",
+    "pack": "engine.pack",
+    "probe": "engine.probe",
+    "simulate": "engine.simulate",
+    "synthesize": "engine.synth",
+    "verify": "engine.verify",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "Engine",
     "EngineConfig",
     "EngineError",
     "MemoryBudgetError",
     "ProbeError",
     "ReadError",
+    "Store",
     "StoreCorrupt",
     "StoreError",
     "StoreExists",
+    "Trace",
     "UnsupportedModel",
     "__version__",
+    "get_reference",
+    "load_suite",
+    "pack",
+    "probe",
+    "simulate",
+    "synthesize",
+    "verify",
 ]

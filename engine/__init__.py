@@ -18,17 +18,14 @@ from engine.errors import (
 )
 
 # Lazy: each pulls in MLX / mlx-lm, which `--help` and config validation do not need.
+# (pack, verify, probe and simulate share their submodule's name: import them from there.)
 _LAZY = {
     "Engine": "engine.runtime",
     "Store": "engine.store",
     "Trace": "engine.trace",
     "get_reference": "engine.reference",
     "load_suite": "engine.suite",
-    "pack": "engine.pack",
-    "probe": "engine.probe",
-    "simulate": "engine.simulate",
     "synthesize": "engine.synth",
-    "verify": "engine.verify",
 }
 
 
@@ -58,9 +55,5 @@ __all__ = [
     "__version__",
     "get_reference",
     "load_suite",
-    "pack",
-    "probe",
-    "simulate",
     "synthesize",
-    "verify",
 ]

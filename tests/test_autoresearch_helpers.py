@@ -6,7 +6,9 @@ hang, garbage, being killed mid-trial); their numbers are placeholders, never re
 
 from __future__ import annotations
 
+import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,20 @@ def tiny_model_and_store(root: Path) -> tuple[Path, Path]:
         pack(model, store, progress=False)
         _BUILT.update(model=model, store=store)
     return _BUILT["model"], _BUILT["store"]
+
+
+def process_gone(pid: int) -> bool:
+    """Dead, or a zombie nobody reaps (an orphan's new parent may be a non-reaping init)."""
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
 
 
 STAND_IN = textwrap.dedent(

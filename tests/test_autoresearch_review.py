@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_autoresearch_helpers import SPACES, tiny, write_study
+from test_autoresearch_helpers import SPACES, process_gone, tiny, write_study
 
 from autoresearch.cli import main
 from autoresearch.errors import IncompatibleStudy, SpaceError, StudyFileError
@@ -28,19 +27,6 @@ __all__ = ["tiny"]
 def _load(p: Path) -> optuna.Study:
     spec = load_study_file(p)
     return optuna.load_study(study_name=spec.name, storage=spec.storage)
-
-
-def _gone(pid: int) -> bool:
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        stat = Path(f"/proc/{pid}/stat")
-        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_ctrl_c_while_recording_child_pid_kills_the_probe(tmp_path: Path) -> None:
@@ -63,7 +49,7 @@ def test_ctrl_c_while_recording_child_pid_kills_the_probe(tmp_path: Path) -> Non
             template=("{python}", "-c", "import time; time.sleep(30)"),
             on_start=on_start,
         )
-    assert pids and _gone(pids[0])
+    assert pids and process_gone(pids[0])
 
 
 def _after_tell(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:

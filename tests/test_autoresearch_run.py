@@ -3,7 +3,6 @@ incompatible edits refused, and real `python -m engine probe` trials end to end.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_autoresearch_helpers import REPO, tiny, write_study
+from test_autoresearch_helpers import REPO, process_gone, tiny, write_study
 
 from autoresearch.cli import main
 from autoresearch.errors import IncompatibleStudy
@@ -96,20 +95,6 @@ def _wait_started(d: Path, proc: subprocess.Popen[bytes]) -> int:
     return int((d / "started").read_text())
 
 
-def _gone(pid: int) -> bool:
-    """Dead, or a zombie nobody reaps (an orphan's new parent may be a non-reaping init)."""
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        stat = Path(f"/proc/{pid}/stat")
-        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_resume_after_sigkill_mid_trial(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     p = write_study(tmp_path, store=tiny[1])
     run_study(load_study_file(p), n_trials=2)  # trials 0 (baseline) and 1 complete
@@ -122,7 +107,7 @@ def test_resume_after_sigkill_mid_trial(tmp_path: Path, tiny: tuple[Path, Path])
     assert load(p).trials[2].state == TrialState.RUNNING  # what kill -9 leaves behind
     (tmp_path / "hold").unlink()
     assert main(["run", str(p), "--n-trials", "2"]) == 0
-    assert _gone(child)  # the orphaned probe was killed, not left measuring
+    assert process_gone(child)  # the orphaned probe was killed, not left measuring
     trials = load(p).trials
     assert [(t.number, t.values, t.params) for t in trials[:2]] == before  # intact
     assert trials[2].state == TrialState.FAIL

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from engine.cliutil import Handler, add_command, dispatch
 from engine.errors import EngineError
 
 
@@ -172,16 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoresearch", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        doc = fn.__doc__ or ""
-        sp = sub.add_parser(
-            name,
-            help=doc.splitlines()[0],
-            description=doc,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sp.set_defaults(func=fn)
-        return sp
+    def add(name: str, fn: Handler) -> argparse.ArgumentParser:
+        return add_command(sub, name, fn)
 
     sp = add("run", cmd_run)
     sp.add_argument("study", help="study TOML (e.g. studies/demo.toml)")
@@ -225,15 +217,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (AutoresearchError, EngineError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return dispatch(_parser().parse_args(argv), (AutoresearchError, EngineError))
 
 
 if __name__ == "__main__":

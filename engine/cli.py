@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from engine.cliutil import Handler, add_command, dispatch
 from engine.errors import EngineError
 
 
@@ -93,16 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moe-engine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        doc = fn.__doc__ or ""
-        sp = sub.add_parser(
-            name,
-            help=doc.splitlines()[0],
-            description=doc,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sp.set_defaults(func=fn)
-        return sp
+    def add(name: str, fn: Handler) -> argparse.ArgumentParser:
+        return add_command(sub, name, fn)
 
     from engine.synth import SYNTH_FAMILIES
 
@@ -181,15 +173,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return dispatch(_parser().parse_args(argv), (EngineError,))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +40,7 @@ class ExpertCache:
         pinned_fraction: float = 0.5,
         hot: Iterable[Key] | None = None,
         entry_bytes: int | None = None,
+        on_evict: Callable[[Key, Any], None] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"cache policy must be one of {POLICIES}, got {policy!r}")
@@ -63,6 +64,8 @@ class ExpertCache:
         self._locked = 0  # resident bytes that may not be evicted (pinned or protected)
         self._lock = threading.RLock()
         self.hits = self.misses = self.evictions = self.insertions = self.rejections = 0
+        # Told about every value that leaves the cache (the arena frees its slot).
+        self._on_evict = on_evict
         if entry_bytes is not None:
             self._set_pinned(entry_bytes)
 
@@ -129,6 +132,8 @@ class ExpertCache:
                 self._set_pinned(nbytes)
             old = self._entries.get(key)
             if old is not None and old.nbytes == nbytes:
+                if self._on_evict is not None and old.value is not value:
+                    self._on_evict(key, old.value)
                 old.value = value
                 self._touch(key, old, count=False)
                 return True
@@ -165,6 +170,9 @@ class ExpertCache:
     def clear(self) -> None:
         """Drop every entry, pinned and protected ones too (e.g. between runs)."""
         with self._lock:
+            if self._on_evict is not None:
+                for k, e in self._entries.items():
+                    self._on_evict(k, e.value)
             self._entries.clear()
             self._buckets.clear()
             self._used = self._locked = 0
@@ -247,6 +255,8 @@ class ExpertCache:
 
     def _remove(self, key: Key, e: _Entry) -> None:
         del self._entries[key]
+        if self._on_evict is not None:
+            self._on_evict(key, e.value)
         self._used -= e.nbytes
         if self._is_locked(key):
             self._locked -= e.nbytes

@@ -23,6 +23,7 @@ QUANT_BITS = (16, 8, 4, 3, 2)
 QUANT_GROUP_SIZES = (32, 64, 128)
 LAYOUTS = ("natural", "coactivation")
 COMPUTE_DTYPES = ("float32", "model")
+COMPUTE_PATHS = ("auto", "cpu", "mlx")
 ALIGN = 4096  # O_DIRECT needs buffers, offsets and sizes aligned to the logical block size
 
 MiB = 1 << 20
@@ -67,6 +68,11 @@ class EngineConfig:
     # and complete in fp32; its CPU gather_mm supports nothing else) or "model" (the checkpoint's
     # dtype, e.g. bfloat16: half the RAM for cached 16-bit experts, slower on CPU).
     compute_dtype: str = "float32"
+    # Who does the matrix math: "cpu" (the engine's numba kernels on weights in a repacked
+    # layout: near the RAM-bandwidth limit on CPUs, where MLX runs a reference BLAS), "mlx"
+    # (MLX's own ops: bit-identical to mlx-lm, and the path on Metal/CUDA), or "auto" (cpu
+    # when MLX's default device is the CPU, else mlx).
+    compute_path: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("cache_bytes", self.cache_bytes, minimum=0)
@@ -101,6 +107,7 @@ class EngineConfig:
         if self.memory_budget_bytes is not None:
             _check_int("memory_budget_bytes", self.memory_budget_bytes, minimum=1)
         _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        _check_choice("compute_path", self.compute_path, COMPUTE_PATHS)
 
     # ---- conversions -------------------------------------------------------------------------
 

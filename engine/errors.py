@@ -45,3 +45,7 @@ class MemoryBudgetError(EngineError):
 
 class ProbeError(EngineError):
     """A probe suite file is missing or malformed."""
+
+
+class NonFiniteError(EngineError):
+    """A layer produced NaN or infinite activations (corrupt weights or overflow)."""

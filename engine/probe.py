@@ -120,6 +120,7 @@ def measure_once(
         rss = peak_rss()  # before the quality pass, whose long prefill is not the workload
         quality = compare(reference, eng.model, suite) if reference is not None else {}
         decode_steps = sum(max(p.decode_tokens - 1, 0) for p in suite.prompts)
+        compute_path = eng.compute_path
     decode_s = float(np.sum(lat)) if lat else 0.0
     m: dict[str, Any] = {
         "ttft_s": float(np.median(ttfts)),
@@ -145,6 +146,7 @@ def measure_once(
         "decode_tokens_measured": len(lat),
         "warmup_tokens_excluded": warm_excluded,
         "prefill_tokens": prompt_tokens,
+        "compute_path": compute_path,  # who did the math: engine.kernels ("cpu") or MLX
     }
     return m, (tracer.finish() if tracer is not None else None)
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
+from engine.arena import ExpertArena
 from engine.cache import ExpertCache
 from engine.prefetch import Prefetcher
 from engine.reader import ExpertReader
@@ -42,8 +44,11 @@ class ExpertProvider:
         cache: ExpertCache,
         prefetcher: Prefetcher | None,
         compute_dtype: mx.Dtype | None,
+        arena: ExpertArena | None = None,
     ) -> None:
         self.store = store
+        self.arena = arena
+        self._fresh: list[tuple[tuple[int, int], int]] = []  # slots loaded by the last fetch
         self.reader = reader
         self.cache = cache
         self.prefetcher = prefetcher
@@ -53,14 +58,16 @@ class ExpertProvider:
         # What one decoded expert costs in the cache: the arrays we keep, not the disk span.
         self._entry_bytes: int | None = None
 
-    def fetch(self, layer: int, experts: list[int], x: mx.array) -> list[Weights]:
+    def _lookup(
+        self, layer: int, experts: list[int], x: mx.array, out: list[Any]
+    ) -> list[tuple[int, int, Future]]:
+        """Cache hits into `out`; reads (staged or new) for the rest, then this layer's
+        prefetch guesses queued behind them."""
         if self.tracer is not None:
             self.tracer.on_fetch(layer, experts, x)
-        t0 = time.perf_counter()
         st = self.stats
         st.requests += len(experts)
         staged = self.prefetcher.take(layer, experts) if self.prefetcher else {}
-        out: list[Weights | None] = [None] * len(experts)
         pending: list[tuple[int, int, Future]] = []
         for i, e in enumerate(experts):
             hit = self.cache.get((layer, e))
@@ -76,7 +83,47 @@ class ExpertProvider:
         if self.prefetcher is not None:
             # Queue the guesses behind this layer's demand reads so they never delay it.
             self.prefetcher.after_fetch(layer, x)
-        for i, e, fut in pending:
+        return pending
+
+    def fetch_slots(self, layer: int, experts: list[int], x: mx.array) -> np.ndarray:
+        """CPU path: the arena slot of each expert (hits are the cache's own slots; misses are
+        loaded into free slots and offered to the cache by `release` once computed)."""
+        arena = self.arena
+        assert arena is not None, "fetch_slots needs an arena (CPU compute path)"
+        t0 = time.perf_counter()
+        slots: list[Any] = [None] * len(experts)
+        try:
+            for i, e, fut in self._lookup(layer, experts, x, slots):
+                tw = time.perf_counter()
+                raw = fut.result()
+                self.stats.read_wait_s += time.perf_counter() - tw
+                slot = arena.alloc()
+                self._fresh.append(((layer, e), slot))
+                arena.load(slot, raw)
+                slots[i] = slot
+        except BaseException:
+            for _, slot in self._fresh:  # a failed read must not leak the group's slots
+                arena.free(slot)
+            self._fresh.clear()
+            raise
+        self.stats.stall_s += time.perf_counter() - t0
+        return np.array(slots, np.int64)
+
+    def release(self) -> None:
+        """After a group is computed: its freshly loaded experts go to the cache, or their
+        slots back to the arena when the cache will not take them."""
+        arena = self.arena
+        assert arena is not None
+        for key, slot in self._fresh:
+            if not self.cache.put(key, slot, arena.slot_bytes):
+                arena.free(slot)
+        self._fresh.clear()
+
+    def fetch(self, layer: int, experts: list[int], x: mx.array) -> list[Weights]:
+        t0 = time.perf_counter()
+        st = self.stats
+        out: list[Any] = [None] * len(experts)
+        for i, e, fut in self._lookup(layer, experts, x, out):
             tw = time.perf_counter()
             raw = fut.result()
             st.read_wait_s += time.perf_counter() - tw
@@ -84,7 +131,7 @@ class ExpertProvider:
             self.cache.put((layer, e), w, self.entry_bytes(w))
             out[i] = w
         st.stall_s += time.perf_counter() - t0
-        return out  # type: ignore[return-value]
+        return out
 
     def _prepare(self, w: Weights) -> Weights:
         """Once on load, so cached experts are ready to compute with."""

@@ -6,14 +6,19 @@ budget arithmetic; each part's mechanism lives in its own file.
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+
+from engine.arena import ExpertArena, expert_layout
 from engine.cache import ExpertCache
 from engine.config import EngineConfig
+from engine.cpu_linear import use_cpu_linears
 from engine.errors import ConfigError, MemoryBudgetError
 from engine.generate import Generation, generate
 from engine.model import (
@@ -72,6 +77,14 @@ def disk_read_bytes() -> int:
     return 0
 
 
+def resolve_compute_path(name: str) -> str:
+    """ "auto" -> "cpu" where MLX computes on the CPU (its reference BLAS is the bottleneck
+    there), else "mlx" (Metal/CUDA)."""
+    if name != "auto":
+        return name
+    return "cpu" if mx.default_device() == mx.cpu else "mlx"
+
+
 def check_variant(config: EngineConfig, store: Store) -> None:
     """Store-variant knobs, when set, must describe the store being run."""
     wanted = {
@@ -106,9 +119,14 @@ class Engine:
                 "cache_policy lru or lfu for this store"
             )
         self.family = family_of(self.store)
-        self.model, self.model_config = load_streaming_model(
-            self.store, compute_dtype(config.compute_dtype)
-        )
+        self.compute_path = resolve_compute_path(config.compute_path)
+        cpu = self.compute_path == "cpu"
+        dtype = compute_dtype(config.compute_dtype)
+        self.model, self.model_config = load_streaming_model(self.store, None if cpu else dtype)
+        if cpu:
+            # Dense layers to the CPU kernels before the cast, so 16-bit weights stay 16-bit.
+            self.dense_bytes = use_cpu_linears(self.model)
+            self.model.set_dtype(mx.float32)
         if config.experts_per_token is not None:
             set_experts_per_token(
                 self.model, self.family, config.experts_per_token, self.store.num_experts
@@ -129,12 +147,18 @@ class Engine:
             config.io_threads,
             page_budget=self.page_budget,
         )
+        # CPU path: experts live in arena slots; the cache owns some, the layer being computed
+        # borrows up to top_k more (a prompt's experts go through in groups of that size).
+        self.arena = (
+            ExpertArena(self.store, cache_bytes // self.entry_bytes, self.top_k) if cpu else None
+        )
         self.cache = ExpertCache(
             cache_bytes,
             config.cache_policy,
             pinned_fraction=config.pinned_fraction,
             hot=self._hot_keys(),
             entry_bytes=self.entry_bytes,
+            on_evict=(lambda _key, slot: self.arena.free(slot)) if self.arena else None,
         )
         width = config.prefetch_width or self.top_k
         self.prefetcher = (
@@ -155,18 +179,22 @@ class Engine:
             self.reader,
             self.cache,
             self.prefetcher,
-            compute_dtype(config.compute_dtype),
+            dtype,
+            arena=self.arena,
         )
         for block in streaming_blocks(self.model):
-            block.bind(self.provider, compute_dtype(config.compute_dtype))
+            block.bind(self.provider, dtype, arena=self.arena)
         self.cache_bytes = cache_bytes
 
     # ---- memory ------------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def entry_bytes(self) -> int:
-        """RAM one cached expert takes (decoded arrays; float32 compute doubles 16-bit weights,
-        quantized experts are kept as stored: see streaming.prepare_weights)."""
+        """RAM one cached expert takes: an arena slot on the CPU path (engine.kernels layout);
+        on the MLX path the decoded arrays (float32 compute doubles 16-bit weights, quantized
+        experts are kept as stored: see streaming.prepare_weights)."""
+        if self.compute_path == "cpu":
+            return expert_layout(self.store)[1]
         data = sum(t.nbytes for t in self.store.expert_tensors)
         if self.config.compute_dtype == "float32" and self.store.bits >= 16:
             data = sum(

@@ -14,6 +14,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from engine import kernels as K
+from engine.errors import NonFiniteError
+
 Weights = dict[str, mx.array]  # 'gate_proj.weight' -> array, plus '.scales'/'.biases' if quantized
 
 
@@ -38,9 +41,14 @@ def prepare_weights(w: Weights, dtype: mx.Dtype | None) -> Weights:
 
 
 class Provider(Protocol):
-    """Returns each routed expert's weights as `prepare_weights` leaves them."""
+    """Returns each routed expert's weights as `prepare_weights` leaves them (MLX path), or
+    the arena slots holding them (CPU path: `fetch_slots`, then `release` after computing)."""
 
     def fetch(self, layer: int, experts: list[int], x: mx.array) -> list[Weights]: ...
+
+    def fetch_slots(self, layer: int, experts: list[int], x: mx.array) -> np.ndarray: ...
+
+    def release(self) -> None: ...
 
 
 class StreamingSwitchGLU(nn.Module):
@@ -54,10 +62,12 @@ class StreamingSwitchGLU(nn.Module):
         self._quant = quant  # (bits, group_size) of the store's experts, None for 16-bit
         self._provider: Any = None
         self._compute_dtype: mx.Dtype | None = None  # None: keep the activations' dtype
+        self._arena: Any = None  # engine.arena.ExpertArena when experts compute on the CPU path
 
-    def bind(self, provider: Provider, compute_dtype: mx.Dtype | None) -> None:
+    def bind(self, provider: Provider, compute_dtype: mx.Dtype | None, arena: Any = None) -> None:
         self._provider = provider
         self._compute_dtype = compute_dtype
+        self._arena = arena
 
     def _linear(self, x: mx.array, w: Weights, proj: str) -> mx.array:
         # x: (n, in) -> (n, out); weight prepared as (in, out), or quantized (out, in*bits/32)
@@ -82,6 +92,8 @@ class StreamingSwitchGLU(nn.Module):
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         if self._provider is None:
             raise RuntimeError(f"layer {self._layer}: streaming block used before bind()")
+        if self._arena is not None:
+            return self._call_cpu(x, indices)
         *lead, d = x.shape
         k = indices.shape[-1]
         # Routing must be known before any byte is read: this is the one sync point per layer.
@@ -109,3 +121,37 @@ class StreamingSwitchGLU(nn.Module):
             inv[order] = np.arange(order.size)
             y = mx.concatenate(parts, axis=0)[mx.array(inv.astype(np.int32))]  # (T*k, D)
         return y.astype(out_dtype).reshape(*lead, k, d)
+
+    def _call_cpu(self, x: mx.array, indices: mx.array) -> mx.array:
+        """CPU kernels: every (token, slot) pair grouped by expert, a group of at most
+        `work_slots` experts computed by one multi-threaded kernel call; a prompt's tokens
+        routed to one expert go through it together (prefill), in bounded memory."""
+        *lead, d = x.shape
+        k = indices.shape[-1]
+        flat_idx = np.array(indices.reshape(-1))  # (T*k,): the one sync of the layer
+        xt = x.reshape(-1, d)  # (T, D)
+        xn = np.ascontiguousarray(np.asarray(xt.astype(mx.float32)))
+        order = np.argsort(flat_idx, kind="stable")
+        uniq, starts = np.unique(flat_idx[order], return_index=True)
+        ptr = np.append(starts, order.size).astype(np.int64)  # pairs of expert i: ptr[i]..ptr[i+1]
+        pair_tok = (order // k).astype(np.int64)  # token row of each sorted pair
+        out = np.empty((order.size, d), np.float32)  # (T*k, D) in sorted pair order
+        arena, w = self._arena, self._arena.work_slots
+        for g0 in range(0, uniq.size, w):
+            g1 = min(g0 + w, uniq.size)
+            slots = self._provider.fetch_slots(self._layer, uniq[g0:g1].tolist(), xt)
+            p0, p1 = ptr[g0], ptr[g1]
+            K.expert_ffn(
+                arena.data, slots, arena.mats, xn, pair_tok[p0:p1], ptr[g0 : g1 + 1] - p0,
+                out[p0:p1],
+            )  # fmt: skip
+            self._provider.release()
+        if not np.isfinite(out).all():
+            bad = sorted({int(e) for e in flat_idx[order][~np.isfinite(out).all(axis=1)]})
+            raise NonFiniteError(
+                f"layer {self._layer}: experts {bad[:8]} produced non-finite activations; "
+                "run `moe-engine verify` on the store (corrupt weights) or use a wider dtype"
+            )
+        y = np.empty_like(out)
+        y[order] = out
+        return mx.array(y).reshape(*lead, k, d).astype(x.dtype)

@@ -1,0 +1,218 @@
+"""All-cached decode against the RAM-bandwidth roofline, per store precision (goal >= 0.3).
+
+    .venv/bin/python benchmarks/compute_roofline.py [--preset bench] [--bits 16,8,4]
+        [--tokens 48] [--io-bound]
+
+For each store (the preset packed at each --bits), side by side in one process:
+- the RAM bandwidth now, all cores (one numpy sum per core over its half of 1 GiB);
+- the weight bytes one decode token must touch: top-k experts of every MoE layer at the
+  store's precision + every dense weight at its own (the embedding table excluded when the
+  model has a separate lm_head) -> roofline tok/s = bandwidth / bytes;
+- the engine with every expert cached (CPU compute path): sustained decode tok/s, ratio to the
+  roofline, where a token's time goes (kernels / I/O wait / the rest: MLX ops + Python), and
+  TTFT of the suite's prompts;
+- mlx-lm's own resident model (float32, MLX's CPU BLAS) on the same prompt;
+- with --io-bound: cache 10% of the experts, direct I/O, next_layer prefetch: decode tok/s,
+  io_stall_fraction, and time/token beside max(I/O time, all-cached compute time).
+Prints `key: value` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.streaming_vs_resident import ensure_store, suite_for  # noqa: E402
+from engine import kernels as K  # noqa: E402
+from engine.config import EngineConfig  # noqa: E402
+from engine.generate import generate  # noqa: E402
+from engine.model import load_reference  # noqa: E402
+from engine.runtime import Engine  # noqa: E402
+from engine.store import Store  # noqa: E402
+
+
+def ram_bandwidth_gb_s(cores: int, total: int = 1 << 30, repeats: int = 3) -> float:
+    """GB/s of `cores` threads each summing its own share of a `total`-byte array."""
+    a = np.ones(total // 8, np.float64)
+    parts = np.array_split(a, cores)
+    best = 0.0
+    for _ in range(repeats):
+        ths = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def bytes_per_token(store: Store, top_k: int) -> int:
+    """Weights one decode token touches at their stored precision."""
+    experts = top_k * len(store.layers) * store.expert_nbytes
+    header = json.loads(_safetensors_header(store.dense_dir / "model.safetensors"))
+    sizes = {
+        k: v["data_offsets"][1] - v["data_offsets"][0]
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
+    tied = not any("lm_head" in k for k in sizes)
+    dense = sum(n for k, n in sizes.items() if tied or "embed_tokens" not in k)
+    return experts + dense
+
+
+def _safetensors_header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return f.read(n)
+
+
+class KernelClock:
+    """Seconds spent inside the engine's kernels (wraps the module functions the engine calls)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._orig = {name: getattr(K, name) for name in ("expert_ffn", "linear")}
+
+    def __enter__(self) -> KernelClock:
+        for name, fn in self._orig.items():
+            setattr(K, name, self._timed(fn))
+        return self
+
+    def _timed(self, fn):  # type: ignore[no-untyped-def]
+        def run(*args):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            fn(*args)
+            self.seconds += time.perf_counter() - t0
+
+        return run
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self._orig.items():
+            setattr(K, name, fn)
+
+
+def all_cached(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
+    cfg = EngineConfig(cache_bytes=1 << 40, compute_path="cpu")
+    with Engine(store, cfg) as eng:
+        for p in prompts:  # unmeasured: fills the cache with every expert the prompts use
+            eng.generate(p, tokens)
+        ttfts, lat = [], []
+        c0 = eng.counters()
+        with KernelClock() as kc:
+            for p in prompts:
+                g = eng.generate(p, tokens)
+                ttfts.append(g.ttft_s)
+                lat.extend(g.token_s[warmup:])
+            wall = sum(lat) + sum(ttfts)
+        c1 = eng.counters()
+        return {
+            "decode_tok_s": len(lat) / sum(lat),
+            "ttft_s": statistics.median(ttfts),
+            "kernel_share": kc.seconds / wall,
+            "io_wait_share": (c1["read_wait_s"] - c0["read_wait_s"]) / wall,
+            "hit_rate": (c1["cache_hits"] - c0["cache_hits"])
+            / max(c1["expert_requests"] - c0["expert_requests"], 1),
+            "top_k": eng.top_k,
+        }
+
+
+def resident(src: Path, prompt: list[int], tokens: int, warmup: int) -> float:
+    model = load_reference(src)
+    generate(model, prompt, 4)
+    g = generate(model, prompt, tokens)
+    lat = g.token_s[warmup:]
+    return len(lat) / sum(lat)
+
+
+def io_bound(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
+    from engine.pagecache import evict_all
+    from engine.probe import store_files
+
+    with Engine(store, EngineConfig(cache_bytes=0, compute_path="cpu")) as e:
+        entry = e.entry_bytes
+    cache = entry * store.num_experts * len(store.layers) // 10
+    cfg = EngineConfig(cache_bytes=cache, io_mode="direct", prefetch="next_layer",
+                       io_threads=8, compute_path="cpu")  # fmt: skip
+    evict_all(store_files(store))
+    with Engine(store, cfg) as eng:
+        lat, stall = [], 0.0
+        c0 = eng.counters()
+        for p in prompts:
+            g = eng.generate(p, tokens)
+            lat.extend(g.token_s[warmup:])
+        c1 = eng.counters()
+        stall = c1["stall_s"] - c0["stall_s"]
+        n_tok = len(prompts) * tokens
+        read = (c1["bytes_read"] - c0["bytes_read"]) / n_tok
+    return {"decode_tok_s": len(lat) / sum(lat), "io_stall_fraction": stall / (sum(lat) or 1),
+            "bytes_read_per_token": read, "cache_bytes": cache}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", default="bench", choices=["tiny", "small", "bench"])
+    ap.add_argument("--bits", default="16,8,4")
+    ap.add_argument("--tokens", type=int, default=40, help="decode tokens per prompt")
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=4, help="first decode steps excluded")
+    ap.add_argument("--io-bound", action="store_true", help="also run the I/O-bound config")
+    ap.add_argument("--no-resident", action="store_true", help="skip mlx-lm resident (slow)")
+    args = ap.parse_args(argv)
+    import os
+
+    cores = os.cpu_count() or 1
+    bw = ram_bandwidth_gb_s(cores)
+    print(f"ram_bandwidth_gb_s: {bw:.1f}  (cores: {cores})")
+    for bits in [int(b) for b in args.bits.split(",")]:
+        src, store = ensure_store(args.preset, bits=bits)
+        suite = suite_for(store, args.prompts, args.tokens)
+        prompts = [list(p.ids) for p in suite.prompts]
+        tag = f"b{bits}"
+        r = all_cached(store, prompts, args.tokens, args.warmup)
+        need = bytes_per_token(store, r["top_k"])
+        roof = bw * 1e9 / need
+        print(f"{tag}_bytes_per_token: {need}")
+        print(f"{tag}_roofline_tok_s: {roof:.1f}")
+        print(f"{tag}_all_cached_decode_tok_s: {r['decode_tok_s']:.2f}")
+        print(f"{tag}_roofline_ratio: {r['decode_tok_s'] / roof:.3f}")
+        print(f"{tag}_time_share_kernels: {r['kernel_share']:.2f}")
+        print(f"{tag}_time_share_io_wait: {r['io_wait_share']:.2f}")
+        print(f"{tag}_time_share_other: {1 - r['kernel_share'] - r['io_wait_share']:.2f}"
+              "  (MLX ops: attention, norms, routing; Python)")  # fmt: skip
+        print(f"{tag}_ttft_s: {r['ttft_s']:.3f}  (prompt tokens: {len(prompts[0])})")
+        if not args.no_resident:
+            res = resident(src, prompts[0], args.tokens, args.warmup)
+            print(f"{tag}_mlx_lm_resident_decode_tok_s: {res:.2f}  (float32, 16-bit weights)")
+            print(f"{tag}_all_cached_over_resident: {r['decode_tok_s'] / res:.2f}")
+        if args.io_bound:
+            io = io_bound(store, prompts, args.tokens, args.warmup)
+            from engine.diskbench import measure_read_bandwidth
+
+            disk = measure_read_bandwidth(store.layer_file(store.moe_layers[0]),
+                                          store.expert_span, 8, "direct", 256 << 20,
+                                          pattern="random")  # fmt: skip
+            io_s = io["bytes_read_per_token"] / (disk * 1e9)
+            bound = max(io_s, 1 / r["decode_tok_s"])
+            print(f"{tag}_io_bound_cache_bytes: {io['cache_bytes']}")
+            print(f"{tag}_io_bound_decode_tok_s: {io['decode_tok_s']:.2f}")
+            print(f"{tag}_io_bound_io_stall_fraction: {io['io_stall_fraction']:.2f}")
+            per_tok = 1 / io["decode_tok_s"]
+            comp = 1 / r["decode_tok_s"]
+            print(f"{tag}_io_bound_time_per_token_s: {per_tok:.4f}  "
+                  f"(max(io {io_s:.4f}, compute {comp:.4f}) = {bound:.4f})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""ExpertArena: every expert the CPU kernels compute with lives in one slot of one array.
+
+A slot holds one expert's gate/up/down matrices in the kernels' layout (engine.kernels), made
+from the store's bytes once per load (`load`). One array for all of them lets a single kernel
+call compute a layer's experts across threads, and lets the cache hand over a slot id instead
+of copying: a miss is loaded into a free slot, computed, then given to the cache (or freed).
+
+Slots: `cache_slots` the cache may own + `work_slots` for the layer being computed, so a free
+slot always exists for every expert of a group. Untouched slots cost no RAM (the pages are
+never faulted in); the engine's memory budget counts `cache_slots + work_slots` slots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import kernels as K
+from engine.errors import StoreError
+from engine.store import Store, TensorSpec
+
+PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # order of the kernels' matrix table
+
+
+def expert_layout(store: Store) -> tuple[np.ndarray, int]:
+    """(matrix table for gate, up, down; slot bytes) of a store's experts in kernel layout."""
+    specs = {t.name: t for t in store.expert_tensors}
+    quant = store.bits < 16
+    mats = []
+    for proj in PROJECTIONS:
+        w = specs.get(f"{proj}.weight")
+        if w is None:
+            raise StoreError(
+                f"{store.root}: experts have no {proj}.weight; the CPU compute path needs "
+                "gate/up/down projections (use compute_path = 'mlx')"
+            )
+        o_dim = w.shape[0]
+        if quant:
+            gs = int(store.group_size or 64)
+            i_dim = w.shape[1] * 32 // store.bits
+            fmt = K.matrix_format(store.bits, "")
+        else:
+            gs, i_dim = 0, w.shape[1]
+            fmt = K.FMT_BF16 if w.dtype == "bfloat16" else K.FMT_F32
+        mats.append((fmt, o_dim, i_dim, gs))
+    return K.layout_table(mats)
+
+
+def _u8(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
+    return raw[t.offset : t.offset + t.nbytes]
+
+
+class ExpertArena:
+    def __init__(self, store: Store, cache_slots: int, work_slots: int) -> None:
+        self.store = store
+        self.mats, self.slot_bytes = expert_layout(store)
+        self.cache_slots, self.work_slots = cache_slots, work_slots
+        n = cache_slots + work_slots
+        # np.empty maps the pages lazily: RSS grows only with the slots actually used.
+        self.data = np.empty((n, self.slot_bytes), np.uint8)
+        self._free = list(range(n - 1, -1, -1))
+        self._specs = {t.name: t for t in store.expert_tensors}
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def alloc(self) -> int:
+        if not self._free:  # unreachable while the cache holds <= cache_slots (accounting bug)
+            raise RuntimeError("expert arena: no free slot")
+        return self._free.pop()
+
+    def free(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def load(self, slot: int, raw: np.ndarray) -> None:
+        """An expert's bytes as stored -> its kernel layout in `slot`."""
+        dst = self.data[slot]
+        st = self.store
+        for row, proj in enumerate(PROJECTIONS):
+            fmt, o_dim, i_dim, gs, off, f = (int(v) for v in self.mats[row])
+            w = _u8(raw, self._specs[f"{proj}.weight"])
+            if fmt in (K.FMT_Q4, K.FMT_Q8):
+                s_t, b_t = self._specs[f"{proj}.scales"], self._specs[f"{proj}.biases"]
+                scales = K.half_to_f32(_u8(raw, s_t).view(np.uint16), s_t.dtype)
+                biases = K.half_to_f32(_u8(raw, b_t).view(np.uint16), b_t.dtype)
+                end = off + K.matrix_bytes(fmt, o_dim, i_dim, gs)
+                K.repack_quantized(
+                    w, scales, biases, st.bits, fmt, o_dim, i_dim, gs, f, dst[off:end]
+                )
+            elif self._specs[f"{proj}.weight"].dtype == "float16":
+                dst[off : off + w.size * 2].view(np.float32)[:] = w.view(np.float16)
+            else:  # bfloat16 bits or float32: the kernel reads them as stored
+                dst[off : off + w.size] = w

@@ -1,0 +1,350 @@
+"""CPU compute kernels (numba): quantized and 16-bit matrix-vector products near the RAM limit.
+
+MLX's CPU backend links a reference BLAS and its `quantized_matmul` is compute-bound on x86
+(see docs/architecture.md, "compute path"), so on CPU the engine computes every weight matrix
+here instead: one JIT-compiled, vectorized, multi-threaded kernel per job, working on weights in
+a *kernel layout* made once when an expert enters the cache (`repack`).
+
+Kernel layouts of one (O, In) matrix, each a flat byte run inside an expert's slot:
+- FMT_Q4: weights 0..15 as nibbles, shape (O, HG, G) bytes with HG = gs/2, G = In/gs: byte
+  [o, j, g] holds elements 2(g*HG+j) (low nibble) and 2(g*HG+j)+1 (high nibble) of row o. The
+  group index is innermost so a row's dot product vectorizes across groups (G lanes) with one
+  horizontal sum per row instead of one per group. Then scales and biases, (O, G) float32.
+  2-, 3- and 4-bit stores use it (their values fit a nibble).
+- FMT_Q8: weights 0..255 as bytes, (O, gs, G) with the same group-innermost order, then scales
+  and biases (O, G) float32.
+- FMT_BF16: (O, In) bfloat16 bits as stored (uint16); widened to float32 in registers.
+- FMT_F32: (O, In) float32.
+Affine dequantization is MLX's: w = scale * q + bias per group of `gs` inputs along a row, so
+y[o] = sum_g scale[o,g] * sum_{i in g} q[o,i] x[i] + bias[o,g] * sum_{i in g} x[i].
+
+Results equal MLX's up to float32 summation order (tests hold them to top-1 agreement and KL).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+FMT_Q4, FMT_Q8, FMT_BF16, FMT_F32 = 0, 1, 2, 3
+FORMAT_NAMES = {FMT_Q4: "q4", FMT_Q8: "q8", FMT_BF16: "bf16", FMT_F32: "f32"}
+# Fields of one matrix descriptor (a row of an int64 table handed to the kernels).
+M_FMT, M_O, M_IN, M_GS, M_OFF, M_F = range(6)
+ALIGN = 64  # each matrix part starts on a cache line
+
+
+def matrix_format(bits: int, dtype: str) -> int:
+    """The kernel layout for a store's matrices: quantized by bits, 16-bit by dtype."""
+    if bits <= 4:
+        return FMT_Q4
+    if bits <= 8:
+        return FMT_Q8
+    return FMT_BF16 if dtype == "bfloat16" else FMT_F32
+
+
+def _up(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def matrix_bytes(fmt: int, o: int, i: int, gs: int) -> int:
+    """Bytes of one matrix in its kernel layout (weights, then scales and biases if any)."""
+    if fmt == FMT_Q4:
+        return _up(o * i // 2) + 2 * _up(o * (i // gs) * 4)
+    if fmt == FMT_Q8:
+        return _up(o * i) + 2 * _up(o * (i // gs) * 4)
+    if fmt == FMT_BF16:
+        return _up(o * i * 2)
+    return _up(o * i * 4)
+
+
+LANES = 16  # float32 lanes of a 512-bit vector: what a row's partial sums should fill
+
+
+def lane_factor(fmt: int, i_dim: int, gs: int) -> int:
+    """Split each group over f lanes when a row has fewer than LANES groups (e.g. a 512-wide
+    down_proj at group size 64 has 8), so the vector stays full; f divides the group's steps."""
+    if fmt not in (FMT_Q4, FMT_Q8):
+        return 1
+    g_n, steps = i_dim // gs, (gs // 2 if fmt == FMT_Q4 else gs)
+    f = 1
+    while g_n * f < LANES and steps % (2 * f) == 0:
+        f *= 2
+    return f
+
+
+def layout_table(mats: list[tuple[int, int, int, int]], base: int = 0) -> tuple[np.ndarray, int]:
+    """[(fmt, O, In, gs)] -> (int64 table (n, 5) with offsets, total bytes)."""
+    table = np.zeros((len(mats), 6), np.int64)
+    off = base
+    for r, (fmt, o, i, gs) in enumerate(mats):
+        table[r] = (fmt, o, i, gs, off, lane_factor(fmt, i, gs))
+        off += matrix_bytes(fmt, o, i, gs)
+    return table, off - base
+
+
+@intrinsic
+def _bits_to_f32(typingctx, u):  # type: ignore[no-untyped-def]
+    """Reinterpret the low 32 bits of an integer as float32 (bfloat16 widened: bits << 16);
+    LLVM vectorizes it."""
+    if not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v = args[0]
+        if u.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif u.bitwidth < 32:
+            v = builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+# ---- repacking (once per expert load) --------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _unpack_row(src: np.ndarray, bits: int, n: int, dst: np.ndarray) -> None:
+    """MLX's packing: element i at bit bits*i of the little-endian bit stream."""
+    mask = (1 << bits) - 1
+    for i in range(n):
+        p = bits * i
+        b = p >> 3
+        v = np.int32(src[b])
+        if b + 1 < src.size:
+            v |= np.int32(src[b + 1]) << 8
+        dst[i] = (v >> (p & 7)) & mask
+
+
+def half_to_f32(bits16: np.ndarray, dtype: str) -> np.ndarray:
+    """16-bit floats stored as uint16 bits (bfloat16 or float16) -> float32 (exact)."""
+    if dtype == "bfloat16":
+        return (bits16.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "float16":
+        return bits16.view(np.float16).astype(np.float32)
+    return bits16.astype(np.float32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def repack_quantized(
+    w: np.ndarray,
+    scales: np.ndarray,
+    biases: np.ndarray,
+    bits: int,
+    fmt: int,
+    o_dim: int,
+    i_dim: int,
+    gs: int,
+    f: int,
+    dst: np.ndarray,
+) -> None:
+    """One MLX-quantized matrix (packed uint8 (O*In*bits/8,), scales/biases (O*G,) float32)
+    -> its FMT_Q4/FMT_Q8 kernel layout in dst: weights (O, steps/f, G*f) with lane g*f + r at
+    step jj holding the group's element (pair, for Q4) jj*f + r."""
+    g_n = i_dim // gs
+    per = gs // 2 if fmt == FMT_Q4 else gs  # bytes of one group in the kernel layout
+    steps, lanes = per // f, g_n * f
+    row_bytes = i_dim * bits // 8
+    q = np.empty(i_dim, np.int32)
+    wbytes = o_dim * per * g_n
+    wq = dst[:wbytes].reshape(o_dim, steps, lanes)
+    woff = _up_nb(wbytes)
+    sb = _up_nb(o_dim * g_n * 4)
+    dst[woff : woff + o_dim * g_n * 4].view(np.float32)[:] = scales
+    dst[woff + sb : woff + sb + o_dim * g_n * 4].view(np.float32)[:] = biases
+    if (bits == 4 and fmt == FMT_Q4) or (bits == 8 and fmt == FMT_Q8):
+        # The stored bytes already pair elements as the layout does: only their order changes.
+        src = w[: o_dim * row_bytes].reshape(o_dim, g_n, steps, f)
+        for o in range(o_dim):
+            for jj in range(steps):
+                for g in range(g_n):
+                    for r in range(f):
+                        wq[o, jj, g * f + r] = src[o, g, jj, r]
+        return
+    for o in range(o_dim):
+        _unpack_row(w[o * row_bytes : (o + 1) * row_bytes], bits, i_dim, q)
+        for g in range(g_n):
+            for jj in range(steps):
+                for r in range(f):
+                    k = g * per + jj * f + r  # byte of the group in natural order
+                    if fmt == FMT_Q4:
+                        wq[o, jj, g * f + r] = np.uint8(q[2 * k] | (q[2 * k + 1] << 4))
+                    else:
+                        wq[o, jj, g * f + r] = np.uint8(q[k])
+
+
+@njit(cache=True, inline="always")
+def _up_nb(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+# ---- products --------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True, inline="always")
+def _rows(buf: np.ndarray, m: np.ndarray, x: np.ndarray, r0: int, r1: int, out: np.ndarray):
+    """out[o - r0] = (W x)[o] for rows r0..r1 of the matrix described by m (one table row)."""
+    fmt, o_dim, i_dim, gs, off = m[M_FMT], m[M_O], m[M_IN], m[M_GS], m[M_OFF]
+    if fmt in (FMT_Q4, FMT_Q8):
+        _rows_quant(buf, fmt, o_dim, i_dim, gs, off, m[M_F], x, r0, r1, out)
+    elif fmt == FMT_BF16:
+        w16 = buf[off : off + o_dim * i_dim * 2].view(np.uint16).reshape(o_dim, i_dim)
+        for o in range(r0, r1):
+            acc = np.float32(0.0)
+            for i in range(i_dim):
+                acc += _bits_to_f32(np.uint32(w16[o, i]) << 16) * x[i]
+            out[o - r0] = acc
+    else:
+        w32 = buf[off : off + o_dim * i_dim * 4].view(np.float32).reshape(o_dim, i_dim)
+        for o in range(r0, r1):
+            acc = np.float32(0.0)
+            for i in range(i_dim):
+                acc += w32[o, i] * x[i]
+            out[o - r0] = acc
+
+
+R = 4  # rows per pass: independent accumulator chains that share each load of x
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True, inline="always")
+def _rows_quant(buf, fmt, o_dim, i_dim, gs, off, f, x, r0, r1, out):  # type: ignore[no-untyped-def]
+    g_n = i_dim // gs
+    per = gs // 2 if fmt == FMT_Q4 else gs
+    steps, lanes = per // f, g_n * f
+    wbytes = o_dim * per * g_n
+    woff = off + _up_nb(wbytes)
+    sb = _up_nb(o_dim * g_n * 4)
+    w = buf[off : off + wbytes].reshape(o_dim, steps, lanes)
+    sc = buf[woff : woff + o_dim * g_n * 4].view(np.float32).reshape(o_dim, g_n)
+    bi = buf[woff + sb : woff + sb + o_dim * g_n * 4].view(np.float32).reshape(o_dim, g_n)
+    # x in the kernel layout's order (lane g*f + r, step jj), and each group's sum for biases
+    xs = np.zeros(g_n, np.float32)
+    xa = np.empty((steps, lanes), np.float32)
+    xb = np.empty((steps, lanes), np.float32)
+    for g in range(g_n):
+        for jj in range(steps):
+            for r in range(f):
+                k = g * per + jj * f + r
+                if fmt == FMT_Q4:
+                    a, b = x[2 * k], x[2 * k + 1]
+                    xa[jj, g * f + r] = a
+                    xb[jj, g * f + r] = b
+                    xs[g] += a + b
+                else:
+                    xa[jj, g * f + r] = x[k]
+                    xs[g] += x[k]
+    p = np.empty((R, lanes), np.float32)
+    o = r0
+    while o < r1:
+        n = min(R, r1 - o)
+        if fmt == FMT_Q4:
+            _q4_pass(w, xa, xb, o, n, p)
+        else:
+            _q8_pass(w, xa, o, n, p)
+        for r in range(n):
+            acc = np.float32(0.0)
+            if f == 1:  # the common case, kept a plain loop so it vectorizes
+                for g in range(g_n):
+                    acc += p[r, g] * sc[o + r, g] + bi[o + r, g] * xs[g]
+            else:
+                for g in range(g_n):
+                    part = np.float32(0.0)
+                    for ln in range(g * f, g * f + f):
+                        part += p[r, ln]
+                    acc += part * sc[o + r, g] + bi[o + r, g] * xs[g]
+            out[o + r - r0] = acc
+        o += n
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+def _q4_pass(w, xa, xb, o, n, p):  # type: ignore[no-untyped-def]
+    """p[r, lane] = partial dot of row o+r, r < n; R rows at once share each load of x."""
+    _, steps, lanes = w.shape
+    p[:] = 0.0
+    if n == R:
+        for jj in range(steps):
+            for ln in range(lanes):
+                e, d = xa[jj, ln], xb[jj, ln]
+                v0, v1, v2, v3 = w[o, jj, ln], w[o + 1, jj, ln], w[o + 2, jj, ln], w[o + 3, jj, ln]
+                p[0, ln] += np.float32(v0 & 15) * e + np.float32(v0 >> 4) * d
+                p[1, ln] += np.float32(v1 & 15) * e + np.float32(v1 >> 4) * d
+                p[2, ln] += np.float32(v2 & 15) * e + np.float32(v2 >> 4) * d
+                p[3, ln] += np.float32(v3 & 15) * e + np.float32(v3 >> 4) * d
+    else:  # the last rows when O is not a multiple of R
+        for r in range(n):
+            for jj in range(steps):
+                for ln in range(lanes):
+                    v = w[o + r, jj, ln]
+                    p[r, ln] += np.float32(v & 15) * xa[jj, ln] + np.float32(v >> 4) * xb[jj, ln]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+def _q8_pass(w, xa, o, n, p):  # type: ignore[no-untyped-def]
+    _, steps, lanes = w.shape
+    p[:] = 0.0
+    if n == R:
+        for jj in range(steps):
+            for ln in range(lanes):
+                e = xa[jj, ln]
+                p[0, ln] += np.float32(w[o, jj, ln]) * e
+                p[1, ln] += np.float32(w[o + 1, jj, ln]) * e
+                p[2, ln] += np.float32(w[o + 2, jj, ln]) * e
+                p[3, ln] += np.float32(w[o + 3, jj, ln]) * e
+    else:
+        for r in range(n):
+            for jj in range(steps):
+                for ln in range(lanes):
+                    p[r, ln] += np.float32(w[o + r, jj, ln]) * xa[jj, ln]
+
+
+ROW_BLOCK = 64  # rows per work item of `linear`: enough work to amortize a thread hand-off
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True, parallel=True)
+def linear(buf: np.ndarray, m: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out (T, O) = x (T, In) @ W.T for one matrix in kernel layout; rows split across threads."""
+    o_dim = m[M_O]
+    blocks = (o_dim + ROW_BLOCK - 1) // ROW_BLOCK
+    t_n = x.shape[0]
+    for item in prange(blocks * t_n):
+        t = item // blocks
+        r0 = (item % blocks) * ROW_BLOCK
+        r1 = min(r0 + ROW_BLOCK, o_dim)
+        _rows(buf, m, x[t], r0, r1, out[t, r0:r1])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+def _silu_mul(g: np.ndarray, u: np.ndarray, h: np.ndarray) -> None:
+    for j in range(h.size):
+        h[j] = g[j] / (np.float32(1.0) + np.exp(-g[j])) * u[j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True, parallel=True)
+def expert_ffn(
+    arena: np.ndarray,
+    slots: np.ndarray,
+    mats: np.ndarray,
+    x: np.ndarray,
+    pair_tok: np.ndarray,
+    ptr: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """SwiGLU experts: for expert i (its weights in arena[slots[i]], matrices gate, up, down
+    described by mats rows 0..2) and each of its pairs p in ptr[i]..ptr[i+1]:
+    out[p] = down(silu(gate(x[pair_tok[p]])) * up(x[pair_tok[p]])). Experts split across
+    threads. arena (S, B) uint8; x (T, D) float32; out (P, D) float32."""
+    inter = mats[0, M_O]
+    d_out = mats[2, M_O]
+    for i in prange(slots.size):
+        buf = arena[slots[i]]
+        g = np.empty(inter, np.float32)
+        u = np.empty(inter, np.float32)
+        h = np.empty(inter, np.float32)
+        for p in range(ptr[i], ptr[i + 1]):
+            xt = x[pair_tok[p]]
+            _rows(buf, mats[0], xt, 0, inter, g)
+            _rows(buf, mats[1], xt, 0, inter, u)
+            _silu_mul(g, u, h)
+            _rows(buf, mats[2], h, 0, d_out, out[p])

@@ -1,0 +1,162 @@
+"""The CPU compute path's kernels and modules against MLX's own ops, and by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from engine import kernels as K
+from engine.arena import ExpertArena
+from engine.config import EngineConfig
+from engine.cpu_linear import CpuLinear, use_cpu_linears
+from engine.errors import ConfigError, NonFiniteError
+from engine.runtime import Engine
+from engine.store import Store
+
+
+def _packed(o: int, i: int, bits: int, gs: int, seed: int = 0):
+    w = mx.random.normal((o, i), key=mx.random.key(seed))
+    q, s, b = mx.quantize(w, gs, bits)
+    fmt = K.matrix_format(bits, "")
+    table, nbytes = K.layout_table([(fmt, o, i, gs)])
+    buf = np.zeros(nbytes, np.uint8)
+    K.repack_quantized(
+        np.array(q).view(np.uint8).ravel(),
+        np.array(s.astype(mx.float32)).ravel(),
+        np.array(b.astype(mx.float32)).ravel(),
+        bits, fmt, o, i, gs, int(table[0, K.M_F]), buf,
+    )  # fmt: skip
+    return (q, s, b), buf, table
+
+
+@pytest.mark.parametrize(("bits", "gs"), [(4, 64), (4, 32), (4, 128), (8, 64), (3, 64), (2, 32)])
+@pytest.mark.parametrize(("o", "i"), [(96, 256), (256, 128), (20, 384)])
+def test_quantized_linear_equals_mlx_quantized_matmul(o: int, i: int, bits: int, gs: int) -> None:
+    (q, s, b), buf, table = _packed(o, i, bits, gs)
+    x = np.random.default_rng(1).standard_normal((3, i)).astype(np.float32)
+    out = np.empty((3, o), np.float32)
+    K.linear(buf, table[0], x, out)
+    ref = np.array(
+        mx.quantized_matmul(mx.array(x), q, s, b, transpose=True, group_size=gs, bits=bits)
+    )
+    # Same float32 math, another summation order: equal to a few ulps of the row's magnitude.
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32])
+def test_cpu_linear_equals_mlx_linear(dtype: mx.Dtype) -> None:
+    layer = nn.Linear(192, 72, bias=True)
+    layer.set_dtype(dtype)
+    twin = CpuLinear.from_linear(layer)
+    assert twin is not None
+    x = mx.random.normal((2, 5, 192), key=mx.random.key(3))
+    # Ours widens 16-bit weights to float32 exactly and computes in float32, as the float32
+    # reference model does (MLX's own bf16 Linear would round x and y to bf16 too).
+    w, b = layer.weight.astype(mx.float32), layer.bias.astype(mx.float32)
+    ref = x @ w.T + b
+    got = twin(x)
+    assert got.shape == (2, 5, 72)
+    np.testing.assert_allclose(np.array(got), np.array(ref), rtol=0, atol=1e-4)
+
+
+def test_cpu_quantized_linear_equals_mlx() -> None:
+    layer = nn.QuantizedLinear(256, 64, bias=True, group_size=64, bits=4)
+    twin = CpuLinear.from_linear(layer)
+    assert twin is not None
+    x = mx.random.normal((4, 256), key=mx.random.key(4))
+    np.testing.assert_allclose(np.array(twin(x)), np.array(layer(x)), rtol=0, atol=1e-4)
+
+
+def test_use_cpu_linears_swaps_every_dense_layer_and_nothing_else() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Embedding(10, 8), nn.Linear(8, 4, bias=False))
+    held = use_cpu_linears(model)
+    kinds = [type(m).__name__ for m in model.layers]
+    assert kinds == ["CpuLinear", "Embedding", "CpuLinear"]
+    assert held == (8 * 8 * 4 + 8 * 4) + 8 * 4 * 4  # float32 weights (+ bias) as held
+    assert "weight" not in dict(model.layers[0].parameters())  # nothing left for MLX to load
+
+
+def test_expert_ffn_hand_checked() -> None:
+    # Two float32 experts on D = 2: gate = up = I, down = (e+1) I, so
+    # expert_e(x) = (e+1) * silu(x) * x; pairs (token 0, expert 1) and (token 1, expert 0).
+    table, slot = K.layout_table([(K.FMT_F32, 2, 2, 0)] * 3)
+    arena = np.zeros((2, slot), np.uint8)
+    for e in range(2):
+        for r, scale in enumerate((1.0, 1.0, e + 1.0)):
+            off = int(table[r, K.M_OFF])
+            arena[e, off : off + 16].view(np.float32)[:] = (np.eye(2) * scale).ravel()
+    x = np.array([[1.0, 2.0], [-1.0, 0.5]], np.float32)
+    out = np.empty((2, 2), np.float32)
+    K.expert_ffn(
+        arena, np.array([0, 1]), table, x, np.array([1, 0]), np.array([0, 1, 2]), out
+    )  # slot 0 (expert 0) gets pair 0 = token 1; slot 1 (expert 1) gets pair 1 = token 0
+    silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
+    np.testing.assert_allclose(out[0], [silu(-1.0) * -1.0, silu(0.5) * 0.5], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [2 * silu(1.0), 2 * silu(2.0) * 2.0], rtol=1e-6)
+
+
+def test_arena_slots_follow_the_cache(packed_store: Callable[..., Store]) -> None:
+    store = packed_store("qwen3_moe", bits=4)
+    with Engine(store, EngineConfig(compute_path="cpu", cache_bytes=0)) as probe:
+        entry = probe.entry_bytes
+    cfg = EngineConfig(compute_path="cpu", cache_bytes=3 * entry)
+    with Engine(store, cfg) as engine:
+        arena = engine.arena
+        assert arena is not None and arena.cache_slots == 3
+        assert arena.work_slots == engine.top_k
+        engine.generate([5, 9, 17, 33, 65], 4)
+        # Every slot is either the cache's or free: none leaks through evictions.
+        assert len(engine.cache) <= 3
+        assert arena.free_slots == arena.cache_slots + arena.work_slots - len(engine.cache)
+
+
+def test_arena_load_matches_mlx_dequantize(packed_store: Callable[..., Store]) -> None:
+    store = packed_store("qwen3_moe", bits=4)
+    arena = ExpertArena(store, cache_slots=1, work_slots=1)
+    from engine.reader import ExpertReader
+
+    with ExpertReader(store, "buffered", 1 << 20, 1) as reader:
+        raw = reader.submit(store.moe_layers[0], 3).result()
+    arena.load(0, raw)
+    w = store.decode(raw)
+    x = np.random.default_rng(0).standard_normal((1, int(w["gate_proj.scales"].shape[1]) * 64))
+    x = x.astype(np.float32)
+    out = np.empty((1, int(arena.mats[0, K.M_O])), np.float32)
+    K.linear(arena.data[0], arena.mats[0], x, out)
+    ref = mx.quantized_matmul(
+        mx.array(x), w["gate_proj.weight"], w["gate_proj.scales"], w["gate_proj.biases"],
+        transpose=True, group_size=store.group_size, bits=store.bits,
+    )  # fmt: skip
+    np.testing.assert_allclose(out, np.array(ref), rtol=0, atol=1e-4)
+
+
+def test_non_finite_expert_output_names_the_layer(
+    packed_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Weights that pass every checksum can still overflow; the layer that does it is named.
+    store = packed_store("qwen3_moe", bits=16)
+    with Engine(store, EngineConfig(compute_path="cpu", cache_bytes=0)) as engine:
+        arena = engine.arena
+        assert arena is not None
+        load = arena.load
+
+        def poisoned(slot: int, raw: np.ndarray) -> None:
+            load(slot, raw)
+            arena.data[slot][:] = 0xFF  # bfloat16 0xFFFF is NaN
+
+        monkeypatch.setattr(arena, "load", poisoned)
+        with pytest.raises(NonFiniteError, match=f"layer {store.moe_layers[0]}: experts"):
+            engine.generate([5, 9], 1)
+
+
+def test_compute_path_is_validated_and_resolved() -> None:
+    with pytest.raises(ConfigError, match="compute_path"):
+        EngineConfig(compute_path="gpu")
+    from engine.runtime import resolve_compute_path
+
+    assert resolve_compute_path("mlx") == "mlx"
+    assert resolve_compute_path("auto") == ("cpu" if mx.default_device() == mx.cpu else "mlx")

@@ -6,11 +6,14 @@ call compute a layer's experts across threads, and lets the cache hand over a sl
 of copying: a miss is loaded into a free slot, computed, then given to the cache (or freed).
 
 Slots: `cache_slots` the cache may own + `work_slots` for the layer being computed, so a free
-slot always exists for every expert of a group. Untouched slots cost no RAM (the pages are
-never faulted in); the engine's memory budget counts `cache_slots + work_slots` slots.
+slot always exists for every expert of a group. The arena is an anonymous mapping: untouched
+slots cost no RAM, and `drop_free` hands the pages of free slots back to the OS (what a memory
+budget that shrinks the cache needs: a freed numpy buffer would stay in RSS).
 """
 
 from __future__ import annotations
+
+import mmap
 
 import numpy as np
 
@@ -45,6 +48,11 @@ def expert_layout(store: Store) -> tuple[np.ndarray, int]:
     return K.layout_table(mats)
 
 
+def slot_bytes(store: Store) -> int:
+    """RAM one expert takes in the arena: its kernel layout, in whole pages (droppable)."""
+    return -(-expert_layout(store)[1] // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
 def _u8(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
     return raw[t.offset : t.offset + t.nbytes]
 
@@ -52,11 +60,14 @@ def _u8(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
 class ExpertArena:
     def __init__(self, store: Store, cache_slots: int, work_slots: int) -> None:
         self.store = store
-        self.mats, self.slot_bytes = expert_layout(store)
+        self.mats = expert_layout(store)[0]
+        self.slot_bytes = slot_bytes(store)
         self.cache_slots, self.work_slots = cache_slots, work_slots
         n = cache_slots + work_slots
-        # np.empty maps the pages lazily: RSS grows only with the slots actually used.
-        self.data = np.empty((n, self.slot_bytes), np.uint8)
+        # Pages are faulted in lazily: RSS grows only with the slots actually used.
+        self._map = mmap.mmap(-1, max(n * self.slot_bytes, mmap.PAGESIZE))
+        self.data = np.frombuffer(self._map, np.uint8)[: n * self.slot_bytes]
+        self.data = self.data.reshape(n, self.slot_bytes)
         self._free = list(range(n - 1, -1, -1))
         self._specs = {t.name: t for t in store.expert_tensors}
 
@@ -71,6 +82,11 @@ class ExpertArena:
 
     def free(self, slot: int) -> None:
         self._free.append(slot)
+
+    def drop_free(self) -> None:
+        """Return the RAM of every free slot to the OS (its bytes read as zeros afterwards)."""
+        for slot in self._free:
+            self._map.madvise(mmap.MADV_DONTNEED, slot * self.slot_bytes, self.slot_bytes)
 
     def load(self, slot: int, raw: np.ndarray) -> None:
         """An expert's bytes as stored -> its kernel layout in `slot`."""

@@ -38,7 +38,9 @@ class CpuLinear(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         *lead, d = x.shape
-        xn = np.ascontiguousarray(np.asarray(x.astype(mx.float32)).reshape(-1, d))  # (T, In)
+        if x.dtype != mx.float32:
+            x = x.astype(mx.float32)
+        xn = np.ascontiguousarray(np.asarray(x).reshape(-1, d))  # (T, In): MLX evaluates x here
         out = np.empty((xn.shape[0], self._out), np.float32)
         K.linear(self._buf, self._m, xn, out)
         if self._bias is not None:

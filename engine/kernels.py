@@ -348,3 +348,17 @@ def expert_ffn(
             _rows(buf, mats[1], xt, 0, inter, u)
             _silu_mul(g, u, h)
             _rows(buf, mats[2], h, 0, d_out, out[p])
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel now, on tiny inputs, so the first
+    token is not slowed by it and a memory budget measures the process with the JIT loaded."""
+    table, nbytes = layout_table([(FMT_Q4, 4, 64, 64), (FMT_Q4, 4, 64, 64), (FMT_Q4, 64, 4, 4)])
+    buf = np.zeros((1, nbytes), np.uint8)
+    w = np.zeros(4 * 64 // 2, np.uint8)
+    scales = np.zeros(4, np.float32)
+    repack_quantized(w, scales, scales, 4, FMT_Q4, 4, 64, 64, int(table[0, M_F]), buf[0])
+    x = np.zeros((1, 64), np.float32)
+    linear(buf[0], table[0], x, np.zeros((1, 4), np.float32))
+    one = np.zeros(1, np.int64)
+    expert_ffn(buf, one, table, x, one, np.array([0, 1]), np.zeros((1, 64), np.float32))

@@ -115,7 +115,9 @@ class Prefetcher:
         if self.mode == "previous_token":
             # The previous token's best experts at `target` (target has not run yet this token).
             return self._last_used.get(target, [])
-        scores = self.routers[target](x)  # (T, E)
+        # The newest token only: a prompt's union of guesses would stage up to every expert
+        # of the layer at once, more than a memory budget reserves (depth x width experts).
+        scores = self.routers[target](x[-1:])  # (1, E)
         w = min(self.width, scores.shape[-1])
         top = np.array(mx.argpartition(-scores, kth=w - 1, axis=-1)[..., :w])
         return sorted({int(e) for e in top.reshape(-1)})

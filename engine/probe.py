@@ -18,12 +18,15 @@ import numpy as np
 
 from engine._version import __version__
 from engine.config import EngineConfig
+from engine.errors import MemoryBudgetError
 from engine.pagecache import evict_all
 from engine.reference import Reference, compare
 from engine.runtime import Engine, peak_rss, reset_peak_rss
 from engine.store import Store
 from engine.suite import Suite
 from engine.trace import Trace, Tracer
+
+BUDGET_SLACK = 1.02  # a sampled peak this far over memory_budget_bytes is a breach, not a figure
 
 METRICS = (
     "ttft_s", "prefill_tok_s", "decode_tok_s", "latency_p50_s", "latency_p99_s",
@@ -121,6 +124,13 @@ def measure_once(
         quality = compare(reference, eng.model, suite) if reference is not None else {}
         decode_steps = sum(max(p.decode_tokens - 1, 0) for p in suite.prompts)
         compute_path = eng.compute_path
+    budget = config.memory_budget_bytes
+    if budget is not None and rss + page > budget * BUDGET_SLACK:
+        raise MemoryBudgetError(
+            f"the run held {rss + page:,} bytes (RSS {rss:,} + the store's page cache "
+            f"{page:,}), over memory_budget_bytes = {budget:,}; this config does not fit it "
+            "(lower cache_bytes or prefetch, or raise the budget)"
+        )
     decode_s = float(np.sum(lat)) if lat else 0.0
     m: dict[str, Any] = {
         "ttft_s": float(np.median(ttfts)),

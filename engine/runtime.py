@@ -15,7 +15,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from engine.arena import ExpertArena, expert_layout
+from engine import kernels
+from engine.arena import ExpertArena, slot_bytes
 from engine.cache import ExpertCache
 from engine.config import EngineConfig
 from engine.cpu_linear import use_cpu_linears
@@ -77,6 +78,13 @@ def disk_read_bytes() -> int:
     return 0
 
 
+MLX_CACHE_LIMIT = 16 << 20  # MLX's buffer cache under a memory budget
+# Runtime memory the budget reserves beyond the process at start-up: MLX's buffer cache, the
+# activations and KV cache of a probe-sized context, reader buffers. The governor (see
+# Engine._govern) shrinks the expert cache if a run needs more.
+RUNTIME_RESERVE = MLX_CACHE_LIMIT + (48 << 20)
+
+
 def resolve_compute_path(name: str) -> str:
     """ "auto" -> "cpu" where MLX computes on the CPU (its reference BLAS is the bottleneck
     there), else "mlx" (Metal/CUDA)."""
@@ -127,6 +135,10 @@ class Engine:
             # Dense layers to the CPU kernels before the cast, so 16-bit weights stay 16-bit.
             self.dense_bytes = use_cpu_linears(self.model)
             self.model.set_dtype(mx.float32)
+            kernels.warm_up()  # the JIT's memory is part of the process the budget measures
+        if config.memory_budget_bytes is not None:
+            # MLX keeps freed buffers for reuse; under a budget that cache is bounded and counted.
+            mx.set_cache_limit(MLX_CACHE_LIMIT)
         if config.experts_per_token is not None:
             set_experts_per_token(
                 self.model, self.family, config.experts_per_token, self.store.num_experts
@@ -194,7 +206,7 @@ class Engine:
         on the MLX path the decoded arrays (float32 compute doubles 16-bit weights, quantized
         experts are kept as stored: see streaming.prepare_weights)."""
         if self.compute_path == "cpu":
-            return expert_layout(self.store)[1]
+            return slot_bytes(self.store)
         data = sum(t.nbytes for t in self.store.expert_tensors)
         if self.config.compute_dtype == "float32" and self.store.bits >= 16:
             data = sum(
@@ -218,12 +230,13 @@ class Engine:
         working = (self.top_k + staging) * self.entry_bytes  # one layer's experts + staged reads
         # A buffered/mmap read caches at least the expert it reads: reserve it, not overdraw.
         floor = self.store.expert_span if cfg.io_mode != "direct" else 0
-        minimum = base + working + floor
+        minimum = base + working + floor + RUNTIME_RESERVE
         if cfg.memory_budget_bytes < minimum:
             raise MemoryBudgetError(
                 f"memory_budget_bytes = {cfg.memory_budget_bytes:,} is below the minimum "
-                f"{minimum:,} this store needs (process {base:,} + working set {working:,} + "
-                f"page cache {floor:,}); raise the budget, or use a smaller quant_bits store"
+                f"{minimum:,} this store needs (process with dense weights {base:,} + one "
+                f"layer's experts and staged reads {working:,} + page cache {floor:,} + "
+                f"runtime {RUNTIME_RESERVE:,}); raise the budget, or use a smaller quant_bits store"
             )
         headroom = cfg.memory_budget_bytes - minimum
         cache = min(cfg.cache_bytes, headroom)
@@ -262,9 +275,42 @@ class Engine:
             raise ConfigError(
                 f"prompt token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}"
             )
+        hook = on_token
+        if self.config.memory_budget_bytes is not None:
+
+            def hook(tok: int) -> None:
+                self._govern()
+                if on_token is not None:
+                    on_token(tok)
+
         return generate(
-            self.model, prompt, max_tokens, eos=eos, keep_logits=keep_logits, on_token=on_token
+            self.model, prompt, max_tokens, eos=eos, keep_logits=keep_logits, on_token=hook
         )
+
+    def memory_bytes(self) -> int:
+        """RAM the run holds now: RSS + the store's pages in the OS page cache."""
+        return current_rss() + self.page_cache_bytes()
+
+    def _govern(self) -> None:
+        """After each token under a budget: if RSS + the store's cached pages exceed it (the
+        runtime grew past its reserve), shrink the expert cache by the excess and hand the
+        freed slots' RAM back, then the page-cache allowance by what is left."""
+        budget = self.config.memory_budget_bytes
+        assert budget is not None
+        over = self.memory_bytes() - budget
+        if over <= 0:
+            return
+        shrink = min(over, self.cache.capacity_bytes)
+        if shrink > 0:
+            self.cache.set_capacity(self.cache.capacity_bytes - shrink)
+            self.cache_bytes = self.cache.capacity_bytes
+            if self.arena is not None:
+                self.arena.drop_free()
+        if over > shrink and self.page_budget is not None:
+            floor = self.store.expert_span
+            self.page_budget.allowance_bytes = max(
+                floor, self.page_budget.allowance_bytes - (over - shrink)
+            )
 
     def counters(self) -> dict[str, Any]:
         """Cumulative figures since the engine opened (callers diff them around a run)."""

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CheckpointError
-from engine.families import Family, build_skeleton, family_for, moe_blocks
+from engine.families import (
+    Family,
+    build_skeleton,
+    expert_attr,
+    family_for,
+    get_top_k,
+    moe_blocks,
+    projections_of,
+)
 
 # safetensors dtype code -> (store dtype name, itemsize); store names are engine.store's keys.
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -69,6 +77,11 @@ class ExpertPart:
 class MoeBlock:
     layer: int
     path: str  # mlx-lm dotted path, e.g. model.layers.3.mlp
+    experts: str = "switch_mlp"  # attribute holding the stacked experts (gpt_oss: experts)
+
+    def stacked_key(self, proj: str, part: str = "weight") -> str:
+        """mlx-community name, e.g. model.layers.3.mlp.switch_mlp.up_proj.weight."""
+        return f"{self.path}.{self.experts}.{proj}.{part}"
 
 
 class Checkpoint:
@@ -87,6 +100,8 @@ class Checkpoint:
         layout: str,
         quant: dict[str, int] | None,
         fingerprint: str,
+        projections: tuple[str, ...] = (),
+        biased: bool = False,
     ) -> None:
         self.root = root
         self.config = config
@@ -99,6 +114,8 @@ class Checkpoint:
         self.layout = layout  # "hf" (per-expert tensors) or "stacked" (mlx switch_mlp)
         self.quant = quant  # {"bits", "group_size"} of a quantized stacked source, else None
         self.fingerprint = fingerprint
+        self.projections = projections or family.mlx_projections  # mlx names, on-disk order
+        self.biased = biased  # each projection has a per-expert `.bias` (gpt_oss)
         self._expert_names: set[str] = set()
         for b in blocks:
             for e in range(num_experts):
@@ -110,7 +127,8 @@ class Checkpoint:
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return ("weight", "scales", "biases") if self.quant else ("weight",)
+        parts = ("weight", "scales", "biases") if self.quant else ("weight",)
+        return (*parts, "bias") if self.biased else parts
 
     @property
     def dtype(self) -> str:
@@ -124,13 +142,13 @@ class Checkpoint:
     ) -> list[ExpertPart]:
         """One expert's tensors in mlx projection order (gate, up, down), weight/scales/biases."""
         out = []
-        for proj in self.family.mlx_projections:
+        for proj in self.projections:
             for part in parts or self.parts:
                 if self.layout == "hf":
                     key = self.family.hf_expert_key(block.path, expert, proj, part)
                     out.append(ExpertPart(f"{proj}.{part}", self.tensors[key], None))
                 else:
-                    key = self.family.stacked_key(block.path, proj, part)
+                    key = block.stacked_key(proj, part)
                     out.append(ExpertPart(f"{proj}.{part}", self.tensors[key], expert))
         return out
 
@@ -183,7 +201,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{root}: no such checkpoint directory")
     config, config_bytes = _load_config(root)
     family = family_for(config, source=str(root / "config.json"))
-    _check_config(root, config, family)
+    if family.has_hf_names:  # families synth writes: their config keys are known
+        _check_config(root, config, family)
     files, index_bytes = _weight_files(root)
     tensors: dict[str, TensorRef] = {}
     h = hashlib.sha256(config_bytes + index_bytes)
@@ -207,21 +226,30 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     found = moe_blocks(skeleton)
     if not found:
         raise CheckpointError(f"{root / 'config.json'}: the model has no MoE layers")
-    blocks = [MoeBlock(layer, p) for layer, p, _ in found]
+    blocks = [MoeBlock(layer, p, expert_attr(b)) for layer, p, b in found]
     first = found[0][2]
-    top_k = family.get_top_k(first)
+    top_k = get_top_k(first)
+    experts = first[blocks[0].experts]
+    projections = projections_of(experts)
+    biased = "bias" in experts[projections[0]]
     shapes: dict[str, tuple[int, int]] = {}
     num_experts = 0
-    for proj in family.mlx_projections:
-        w = first["switch_mlp"][proj]["weight"]  # lazy (E, out, in); shape only, no eval
+    for proj in projections:
+        w = experts[proj]["weight"]  # lazy (E, out, in); shape only, no eval
         num_experts, out_dim, in_dim = w.shape
         shapes[proj] = (out_dim, in_dim)
 
-    stacked = any(".switch_mlp." in n for n in tensors)
+    stacked = blocks[0].stacked_key(projections[0]) in tensors
+    if not stacked and not family.has_hf_names:
+        raise CheckpointError(
+            f"{root}: no stacked expert tensor {blocks[0].stacked_key(projections[0])}, and the "
+            f"HF per-expert names of {family.model_type} are not known; convert the checkpoint "
+            "with `mlx_lm convert` (which stacks the experts) and pack that"
+        )
     quant = _quantization(root, config) if stacked else None
     layout = "stacked" if stacked else "hf"
-    _check_experts(root, config, tensors, blocks, num_experts, shapes, layout, quant)
-    _check_no_extra_experts(root, config, tensors, blocks, num_experts)
+    _check_experts(root, tensors, blocks, num_experts, shapes, layout, quant, family, biased)
+    _check_no_extra_experts(root, tensors, blocks, num_experts, family.num_experts_key)
     return Checkpoint(
         root,
         config,
@@ -234,6 +262,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         layout,
         quant,
         h.hexdigest(),
+        projections,
+        biased,
     )
 
 
@@ -314,19 +344,20 @@ def _quantization(root: Path, config: dict[str, Any]) -> dict[str, int] | None:
 
 def _check_experts(
     root: Path,
-    config: dict[str, Any],
     tensors: dict[str, TensorRef],
     blocks: list[MoeBlock],
     num_experts: int,
     shapes: dict[str, tuple[int, int]],
     layout: str,
     quant: dict[str, int] | None,
+    family: Family,
+    biased: bool,
 ) -> None:
     """Every expert tensor present, float, and shaped as the config says; errors name it."""
-    family = family_for(config)
+    config = json.loads((root / "config.json").read_text())
     qconfig = config.get("quantization") or {}
     for b in blocks:
-        for proj in family.mlx_projections:
+        for proj in shapes:
             out_dim, in_dim = shapes[proj]
             if layout == "hf":
                 for e in range(num_experts):
@@ -344,15 +375,17 @@ def _check_experts(
                 expected = {"weight": ((num_experts, out_dim, in_dim), FLOAT_DTYPES)}
             else:
                 bits, gs = quant["bits"], quant["group_size"]
-                _check_uniform_quant(root, qconfig, b.path, proj, bits, gs)
+                _check_uniform_quant(root, qconfig, f"{b.path}.{b.experts}", proj, bits, gs)
                 groups = (num_experts, out_dim, in_dim // gs)
                 expected = {
                     "weight": ((num_experts, out_dim, in_dim * bits // 32), ("uint32",)),
                     "scales": (groups, FLOAT_DTYPES),
                     "biases": (groups, FLOAT_DTYPES),
                 }
+            if biased:
+                expected["bias"] = ((num_experts, out_dim), FLOAT_DTYPES)
             for part, (shape, dtypes) in expected.items():
-                key = family.stacked_key(b.path, proj, part)
+                key = b.stacked_key(proj, part)
                 ref = tensors.get(key)
                 if ref is None:
                     raise CheckpointError(
@@ -364,20 +397,20 @@ def _check_experts(
 
 def _check_no_extra_experts(
     root: Path,
-    config: dict[str, Any],
     tensors: dict[str, TensorRef],
     blocks: list[MoeBlock],
     num_experts: int,
+    key: str,
 ) -> None:
     """Experts beyond the config's count would silently land in dense/ and break loading."""
     paths = {b.path for b in blocks}
-    key = family_for(config).num_experts_key
     for name in tensors:
         m = re.match(r"^(.*)\.experts\.(\d+)\.", name)
         if m and m.group(1) in paths and int(m.group(2)) >= num_experts:
             raise CheckpointError(
-                f"{root}: tensor {name} is expert {m.group(2)}, but config.json key {key!r} "
-                f"says {num_experts} experts; the config does not match the weights"
+                f"{root}: tensor {name} is expert {m.group(2)}, but config.json "
+                f"{f'key {key!r} ' if key else ''}says {num_experts} experts; the config does "
+                "not match the weights"
             )
 
 

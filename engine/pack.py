@@ -164,7 +164,7 @@ def _expert_specs(ckpt: Checkpoint, quant: dict[str, Any]) -> list[dict[str, Any
         bits, gs, fdtype = quant["bits"], quant["group_size"], ckpt.dtype
         itemsize = np.dtype(np_dtype(fdtype)).itemsize
         entries = []
-        for proj in ckpt.family.mlx_projections:
+        for proj in ckpt.projections:
             out_dim, in_dim = ckpt.proj_shapes[proj]
             groups = (out_dim, in_dim // gs)
             entries += [
@@ -172,6 +172,11 @@ def _expert_specs(ckpt: Checkpoint, quant: dict[str, Any]) -> list[dict[str, Any
                 (f"{proj}.scales", groups, fdtype, itemsize),
                 (f"{proj}.biases", groups, fdtype, itemsize),
             ]
+            if ckpt.biased:  # the linear's bias stays float, as mlx-lm's to_quantized keeps it
+                bias = ckpt.expert_parts(ckpt.blocks[0], 0, parts=("bias",))
+                ref = next(p for p in bias if p.name == f"{proj}.bias").ref
+                size = np.dtype(np_dtype(ref.dtype)).itemsize
+                entries.append((f"{proj}.bias", (out_dim,), ref.dtype, size))
     else:
         entries = []
         for p in ckpt.expert_parts(ckpt.blocks[0], 0):
@@ -210,7 +215,7 @@ def _expert_tensors(
     """Yield the bytes of an expert's tensors in spec order, one source tensor at a time."""
     for p in parts:
         raw = ckpt.read(p)
-        if quant["requantize"]:
+        if quant["requantize"] and p.name.endswith(".weight"):
             yield from quantize_expert_tensor(
                 raw, p.shape, p.ref.dtype, quant["bits"], quant["group_size"]
             )

@@ -1,0 +1,224 @@
+"""Every family that streams: greedy tokens and logits equal mlx-lm's own float32 model.
+
+Each family is built by `engine.synth_generic` (mlx-lm model, tiny config, planted routing,
+mlx-community layout), packed, and run under three knob combinations. The combinations rotate
+with the family (a Latin square over cache size x io_mode x prefetch), so every family sees each
+level of each knob and, across families, every pair of levels is covered.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
+
+from engine.config import EngineConfig
+from engine.errors import CheckpointError, UnsupportedModel
+from engine.families import get_experts, get_top_k, moe_blocks, set_top_k
+from engine.families_list import render, stacked_expert_types, statuses
+from engine.generate import Generation, generate
+from engine.model import load_reference
+from engine.pack import pack
+from engine.runtime import Engine
+from engine.store import Store
+from engine.streaming import StreamingSwitchGLU
+from engine.synth_generic import SYNTH_FAMILIES, synthesize, synthesize_family
+
+PROMPT = [5, 9, 17, 33, 65, 101, 7, 7, 12, 250, 3, 44]
+N_NEW = 5
+TOL = 1e-4
+REQUIRED = ("qwen3_5_moe", "gpt_oss", "glm4_moe", "minimax", "llama4", "qwen3_next", "deepseek_v3")
+CACHE = ("none", "some", "all")
+IO = ("direct", "buffered", "mmap")
+PREFETCH = ("none", "next_layer", "previous_token")
+
+
+@pytest.fixture(scope="session")
+def generic(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Path, Store]]:
+    """generic(family, bits=16) -> (mlx-layout checkpoint, its 16-bit store), built once."""
+    root = tmp_path_factory.mktemp("generic")
+    cache: dict[tuple[str, int], tuple[Path, Store]] = {}
+
+    def get(family: str, bits: int = 16) -> tuple[Path, Store]:
+        if (family, bits) not in cache:
+            ckpt = synthesize(root / f"{family}-{bits}", family, bits=bits)
+            store = pack(ckpt, root / f"{family}-{bits}-store", progress=False)
+            cache[family, bits] = (ckpt, store)
+        return cache[family, bits]
+
+    return get
+
+
+def _same(gen: Generation, ref: Generation) -> None:
+    assert gen.tokens == ref.tokens
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(gen.logits, ref.logits, strict=True))
+    assert diff <= TOL, f"max |dlogit| = {diff}"
+
+
+def _knobs(family: str) -> list[tuple[str, str, str]]:
+    s = SYNTH_FAMILIES.index(family) % 3
+    return [(CACHE[r], IO[(r + s) % 3], PREFETCH[(r + 2 * s) % 3]) for r in range(3)]
+
+
+def test_enough_families_stream_including_the_seed_ones() -> None:
+    assert len(SYNTH_FAMILIES) >= 15
+    assert set(REQUIRED) <= set(SYNTH_FAMILIES)
+    pairs = {(c, i, p) for f in SYNTH_FAMILIES for c, i, p in _knobs(f)}
+    for a, b in ((0, 1), (0, 2), (1, 2)):  # pairwise coverage of the three knobs
+        assert len({(t[a], t[b]) for t in pairs}) == 9
+
+
+@pytest.mark.parametrize("family", SYNTH_FAMILIES)
+def test_family_streams_like_mlx_lm(
+    generic: Callable[..., tuple[Path, Store]], family: str
+) -> None:
+    ckpt, store = generic(family)
+    ref = generate(load_reference(ckpt), PROMPT, N_NEW, keep_logits=True)
+    total = None
+    for i, (size, io_mode, prefetch) in enumerate(_knobs(family)):
+        cfg = EngineConfig(
+            io_mode=io_mode,
+            prefetch=prefetch,
+            cache_policy=("lru", "lfu")[i % 2],
+            read_chunk_bytes=8192,
+            io_threads=2,
+        )
+        if total is None:
+            with Engine(store, cfg.replace(cache_bytes=0)) as e:
+                total = e.entry_bytes * len(store.layers) * store.num_experts
+        cache = {"none": 0, "some": total // 4, "all": total}[size]
+        with Engine(store, cfg.replace(cache_bytes=cache)) as engine:
+            blocks = [b for *_, b in moe_blocks(engine.model)]
+            assert all(isinstance(get_experts(b), StreamingSwitchGLU) for b in blocks)
+            gen = engine.generate(PROMPT, N_NEW, keep_logits=True)
+            hits = engine.counters()["cache_hits"]
+        _same(gen, ref)
+        if size == "none":
+            assert hits == 0
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "qwen3_5_moe"])
+def test_quantized_mlx_community_checkpoint_streams_like_mlx_lm(
+    generic: Callable[..., tuple[Path, Store]], family: str
+) -> None:
+    """gpt_oss: 4-bit experts plus float per-expert biases, its clamped swiglu; qwen3_5_moe:
+    the hybrid seed model as mlx-community ships it."""
+    ckpt, store = generic(family, bits=4)
+    assert store.bits == 4
+    names = {t.name for t in store.expert_tensors}
+    assert ("gate_proj.bias" in names) == (family == "gpt_oss")
+    ref = generate(load_reference(ckpt), PROMPT, N_NEW, keep_logits=True)
+    with Engine(store, EngineConfig(prefetch="next_layer")) as engine:
+        gen = engine.generate(PROMPT, N_NEW, keep_logits=True)
+    _same(gen, ref)
+
+
+def test_requantized_store_keeps_biases_exact(
+    generic: Callable[..., tuple[Path, Store]], tmp_path: Path
+) -> None:
+    ckpt, _ = generic("gpt_oss")
+    store = pack(ckpt, tmp_path / "q4", bits=4, group_size=64, progress=False)
+    src = mx.load(str(ckpt / "model.safetensors"))
+    layer = store.layers[0]
+    loc = layer.experts[3]
+    with open(store.root / layer.file, "rb") as f:
+        f.seek(loc.offset)
+        w = store.decode(f.read(loc.nbytes))
+    stacked = f"{layer.block}.experts"
+    assert mx.array_equal(w["down_proj.bias"], src[f"{stacked}.down_proj.bias"][3])
+    q, s, b = mx.quantize(src[f"{stacked}.up_proj.weight"][3], group_size=64, bits=4)
+    assert mx.array_equal(w["up_proj.weight"], q) and mx.array_equal(w["up_proj.scales"], s)
+    assert mx.array_equal(w["up_proj.biases"], b)
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "glm4_moe", "qwen3_5_moe"])
+def test_experts_per_token_reaches_the_family_router(
+    generic: Callable[..., tuple[Path, Store]], family: str
+) -> None:
+    ckpt, store = generic(family)
+    ref_model = load_reference(ckpt)
+    for _, _, block in moe_blocks(ref_model):
+        set_top_k(block, 1)
+    ref = generate(ref_model, PROMPT, N_NEW, keep_logits=True)
+    with Engine(store, EngineConfig(experts_per_token=1)) as engine:
+        assert engine.top_k == 1
+        gen = engine.generate(PROMPT, N_NEW, keep_logits=True)
+        one = engine.counters()["expert_requests"]
+    _same(gen, ref)
+    assert get_top_k(moe_blocks(load_reference(ckpt))[0][2]) == 2  # the model's own k is 2
+    with Engine(store, EngineConfig()) as engine:
+        engine.generate(PROMPT, N_NEW)
+        assert engine.counters()["expert_requests"] > one  # k=1 really fetches fewer experts
+
+
+@pytest.mark.parametrize("family", ["qwen3_5_moe", "jamba"])
+def test_hybrid_state_lives_in_mlx_lm_cache_objects(
+    generic: Callable[..., tuple[Path, Store]], family: str
+) -> None:
+    _, store = generic(family)
+    with Engine(store, EngineConfig()) as engine:
+        kinds = {type(c) for c in make_prompt_cache(engine.model)}
+    assert any(issubclass(k, ArraysCache) for k in kinds)  # recurrent / linear-attention state
+    assert any(issubclass(k, KVCache) for k in kinds)  # the full-attention layers
+
+
+def test_families_lists_every_stacked_expert_type() -> None:
+    types = stacked_expert_types()
+    assert {"qwen3_5_moe", "gpt_oss", "kimi_vl", "qwen3_vl_moe", "nemotron_h"} <= types
+    assert "llama" not in types and "qwen3" not in types
+    rows = {name: (ok, why) for name, ok, why in statuses()}
+    assert {n for n, (ok, _) in rows.items() if ok} == set(SYNTH_FAMILIES)
+    assert rows["kimi_linear"][0] is False and "top-k" in rows["kimi_linear"][1]
+    text = render()
+    assert f"{len(SYNTH_FAMILIES)} of {len(types)}" in text
+    assert len(text.splitlines()) == len(types) + 1
+
+
+def test_families_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("qwen3_5_moe "))
+    assert "streams" in line
+
+
+def test_generic_family_in_hf_layout_is_refused(
+    generic: Callable[..., tuple[Path, Store]], tmp_path: Path
+) -> None:
+    """Per-expert HF names are known only for engine.synth's families; others must be stacked."""
+    ckpt, _ = generic("minimax")
+    bad = tmp_path / "hf"
+    shutil.copytree(ckpt, bad)
+    weights = mx.load(str(bad / "model.safetensors"))
+    for name in [n for n in weights if ".switch_mlp." in n]:
+        stacked = weights.pop(name)
+        block, rest = name.split(".switch_mlp.")
+        for e in range(stacked.shape[0]):
+            weights[f"{block}.experts.{e}.{rest}"] = stacked[e]
+    mx.save_safetensors(str(bad / "model.safetensors"), weights)
+    with pytest.raises(CheckpointError, match="HF per-expert names of minimax are not known"):
+        pack(bad, tmp_path / "store", progress=False)
+
+
+def test_unknown_tiny_family_and_preset_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModel, match="no tiny config for family 'llama'"):
+        synthesize(tmp_path / "x", "llama")
+    with pytest.raises(CheckpointError, match="'gpt_oss' is synthesized at preset 'tiny' only"):
+        synthesize_family(tmp_path / "y", "gpt_oss", preset="small")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_synth_cli_builds_a_generic_family(tmp_path: Path) -> None:
+    from engine.cli import main
+
+    assert main(["synth", str(tmp_path / "m"), "--family", "qwen3_5_moe"]) == 0
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3_5_moe" and "text_config" in cfg
+    assert (tmp_path / "m" / "probe_suite.toml").is_file()

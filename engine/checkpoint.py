@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoint_checks import (
+    check_config,
+    check_experts,
+    check_no_extra_experts,
+    hf_key,
+)
 from engine.errors import CheckpointError
 from engine.families import (
     Family,
@@ -25,6 +30,7 @@ from engine.families import (
     moe_blocks,
     projections_of,
 )
+from engine.hf_experts import per_expert_names, sanitize_map
 
 # safetensors dtype code -> (store dtype name, itemsize); store names are engine.store's keys.
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -35,7 +41,6 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
     "U16": ("uint16", 2),
     "U8": ("uint8", 1),
 }
-FLOAT_DTYPES = ("bfloat16", "float16", "float32")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 INDEX = "model.safetensors.index.json"
 
@@ -102,6 +107,7 @@ class Checkpoint:
         fingerprint: str,
         projections: tuple[str, ...] = (),
         biased: bool = False,
+        hf_names: dict[str, list[str]] | None = None,
     ) -> None:
         self.root = root
         self.config = config
@@ -116,6 +122,9 @@ class Checkpoint:
         self.fingerprint = fingerprint
         self.projections = projections or family.mlx_projections  # mlx names, on-disk order
         self.biased = biased  # each projection has a per-expert `.bias` (gpt_oss)
+        # HF layout: stacked target -> per-expert source names, from mlx-lm's sanitize (None:
+        # the family's table names them).
+        self.hf_names = hf_names
         self._expert_names: set[str] = set()
         for b in blocks:
             for e in range(num_experts):
@@ -145,12 +154,16 @@ class Checkpoint:
         for proj in self.projections:
             for part in parts or self.parts:
                 if self.layout == "hf":
-                    key = self.family.hf_expert_key(block.path, expert, proj, part)
+                    key = self.hf_key(block, expert, proj, part)
                     out.append(ExpertPart(f"{proj}.{part}", self.tensors[key], None))
                 else:
                     key = block.stacked_key(proj, part)
                     out.append(ExpertPart(f"{proj}.{part}", self.tensors[key], expert))
         return out
+
+    def hf_key(self, block: MoeBlock, expert: int, proj: str, part: str = "weight") -> str:
+        """Source name of one expert's tensor in an HF per-expert checkpoint."""
+        return hf_key(self.family, self.hf_names, block, expert, proj, part)
 
     def dense_names(self) -> list[str]:
         """Every tensor that is not a routed expert's, in file then offset order."""
@@ -202,7 +215,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     config, config_bytes = _load_config(root)
     family = family_for(config, source=str(root / "config.json"))
     if family.has_hf_names:  # families synth writes: their config keys are known
-        _check_config(root, config, family)
+        check_config(root, config, family)
     files, index_bytes = _weight_files(root)
     tensors: dict[str, TensorRef] = {}
     h = hashlib.sha256(config_bytes + index_bytes)
@@ -240,16 +253,27 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         shapes[proj] = (out_dim, in_dim)
 
     stacked = blocks[0].stacked_key(projections[0]) in tensors
+    hf_names = None
     if not stacked and not family.has_hf_names:
-        raise CheckpointError(
-            f"{root}: no stacked expert tensor {blocks[0].stacked_key(projections[0])}, and the "
-            f"HF per-expert names of {family.model_type} are not known; convert the checkpoint "
-            "with `mlx_lm convert` (which stacks the experts) and pack that"
+        # No table for this family: mlx-lm's sanitize says which source tensor is which.
+        per = per_expert_names(tensors)
+        if not per:
+            raise CheckpointError(
+                f"{root}: no stacked expert tensor {blocks[0].stacked_key(projections[0])} and "
+                "no per-expert tensors (`...experts.<e>....`); is this a checkpoint of the model "
+                "config.json describes?"
+            )
+        parts = ("weight", "bias") if biased else ("weight",)
+        targets = [b.stacked_key(p, part) for b in blocks for p in projections for part in parts]
+        hf_names = sanitize_map(
+            skeleton, {n: tensors[n].shape for n in per}, targets, num_experts, str(root)
         )
     quant = _quantization(root, config) if stacked else None
     layout = "stacked" if stacked else "hf"
-    _check_experts(root, tensors, blocks, num_experts, shapes, layout, quant, family, biased)
-    _check_no_extra_experts(root, tensors, blocks, num_experts, family.num_experts_key)
+    check_experts(
+        root, tensors, blocks, num_experts, shapes, layout, quant, family, biased, hf_names
+    )
+    check_no_extra_experts(root, tensors, blocks, num_experts, family.num_experts_key)
     return Checkpoint(
         root,
         config,
@@ -264,6 +288,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         h.hexdigest(),
         projections,
         biased,
+        hf_names,
     )
 
 
@@ -281,21 +306,6 @@ def _load_config(root: Path) -> tuple[dict[str, Any], bytes]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{cpath}: must be a JSON object")
     return config, raw
-
-
-def _check_config(root: Path, config: dict[str, Any], family: Family) -> None:
-    """Catch the inconsistencies mlx-lm would turn into an obscure shape error later."""
-    src = root / "config.json"
-    keys = ("hidden_size", "num_hidden_layers", "vocab_size", family.num_experts_key)
-    for key in (*keys, "num_experts_per_tok"):
-        value = config.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"{src}: key {key!r} must be a positive integer, got {value!r}")
-    if config["num_experts_per_tok"] > config[family.num_experts_key]:
-        raise CheckpointError(
-            f"{src}: key 'num_experts_per_tok' ({config['num_experts_per_tok']}) exceeds "
-            f"{family.num_experts_key!r} ({config[family.num_experts_key]})"
-        )
 
 
 def _weight_files(root: Path) -> tuple[list[Path], bytes]:
@@ -340,102 +350,3 @@ def _quantization(root: Path, config: dict[str, Any]) -> dict[str, int] | None:
             "(only MLX affine); pack from the full-precision checkpoint"
         )
     return {"bits": bits, "group_size": gs}
-
-
-def _check_experts(
-    root: Path,
-    tensors: dict[str, TensorRef],
-    blocks: list[MoeBlock],
-    num_experts: int,
-    shapes: dict[str, tuple[int, int]],
-    layout: str,
-    quant: dict[str, int] | None,
-    family: Family,
-    biased: bool,
-) -> None:
-    """Every expert tensor present, float, and shaped as the config says; errors name it."""
-    config = json.loads((root / "config.json").read_text())
-    qconfig = config.get("quantization") or {}
-    for b in blocks:
-        for proj in shapes:
-            out_dim, in_dim = shapes[proj]
-            if layout == "hf":
-                for e in range(num_experts):
-                    key = family.hf_expert_key(b.path, e, proj)
-                    ref = tensors.get(key)
-                    if ref is None:
-                        raise CheckpointError(
-                            f"{root}: layer {b.layer} expert {e} projection {proj}: tensor {key} "
-                            "is missing from the checkpoint"
-                        )
-                    _expect(ref, (out_dim, in_dim), FLOAT_DTYPES)
-                continue
-            expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]
-            if quant is None:
-                expected = {"weight": ((num_experts, out_dim, in_dim), FLOAT_DTYPES)}
-            else:
-                bits, gs = quant["bits"], quant["group_size"]
-                _check_uniform_quant(root, qconfig, f"{b.path}.{b.experts}", proj, bits, gs)
-                groups = (num_experts, out_dim, in_dim // gs)
-                expected = {
-                    "weight": ((num_experts, out_dim, in_dim * bits // 32), ("uint32",)),
-                    "scales": (groups, FLOAT_DTYPES),
-                    "biases": (groups, FLOAT_DTYPES),
-                }
-            if biased:
-                expected["bias"] = ((num_experts, out_dim), FLOAT_DTYPES)
-            for part, (shape, dtypes) in expected.items():
-                key = b.stacked_key(proj, part)
-                ref = tensors.get(key)
-                if ref is None:
-                    raise CheckpointError(
-                        f"{root}: layer {b.layer} projection {proj}: stacked tensor {key} is "
-                        "missing from the checkpoint"
-                    )
-                _expect(ref, shape, dtypes)
-
-
-def _check_no_extra_experts(
-    root: Path,
-    tensors: dict[str, TensorRef],
-    blocks: list[MoeBlock],
-    num_experts: int,
-    key: str,
-) -> None:
-    """Experts beyond the config's count would silently land in dense/ and break loading."""
-    paths = {b.path for b in blocks}
-    for name in tensors:
-        m = re.match(r"^(.*)\.experts\.(\d+)\.", name)
-        if m and m.group(1) in paths and int(m.group(2)) >= num_experts:
-            raise CheckpointError(
-                f"{root}: tensor {name} is expert {m.group(2)}, but config.json "
-                f"{f'key {key!r} ' if key else ''}says {num_experts} experts; the config does "
-                "not match the weights"
-            )
-
-
-def _check_uniform_quant(
-    root: Path, qconfig: dict[str, Any], block: str, proj: str, bits: int, gs: int
-) -> None:
-    """mlx-lm mixed recipes may quantize some expert projections differently; a store has one
-    expert layout, so those are refused rather than mis-read."""
-    over = qconfig.get(f"{block}.switch_mlp.{proj}")
-    if isinstance(over, dict) and (over.get("bits"), over.get("group_size")) != (bits, gs):
-        raise CheckpointError(
-            f"{root / 'config.json'}: key 'quantization' gives {block}.switch_mlp.{proj} "
-            f"{over.get('bits')} bits / group {over.get('group_size')}, unlike the other experts; "
-            "mixed expert quantization is not supported - pack from the full-precision checkpoint"
-        )
-
-
-def _expect(ref: TensorRef, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> None:
-    if ref.shape != shape:
-        raise CheckpointError(
-            f"{ref.file.name}: tensor {ref.name} has shape {list(ref.shape)}, expected "
-            f"{list(shape)} from config.json"
-        )
-    if ref.dtype not in dtypes:
-        raise CheckpointError(
-            f"{ref.file.name}: tensor {ref.name} has dtype {ref.st_dtype}, expected one of "
-            f"{', '.join(dtypes)}"
-        )

@@ -236,10 +236,11 @@ def moe_blocks(model: nn.Module) -> list[tuple[int, str, nn.Module]]:
     out = []
     for path, module in model.named_modules():
         if any(isinstance(v, EXPERT_MODULES) for v in module.values()):
-            parts = path.split(".")
-            if "layers" not in parts:
-                raise UnsupportedModel(f"{path}: stacked experts outside a `layers.N` list")
-            layer = int(parts[parts.index("layers") + 1])
+            # The decoder layer is the first list index on the path (layers.N, phixtral's h.N).
+            index = next((p for p in path.split(".") if p.isdigit()), None)
+            if index is None:
+                raise UnsupportedModel(f"{path}: stacked experts outside a list of layers")
+            layer = int(index)
             out.append((layer, path, module))
     out.sort(key=lambda t: t[0])
     layers = [t[0] for t in out]

@@ -286,6 +286,12 @@ def _write_dense(ckpt: Checkpoint, tmp: Path) -> None:
     """Non-expert tensors, source names, into one safetensors file; plus config, tokenizer."""
     dense = tmp / "dense"
     dense.mkdir()
+    if ckpt.hf_names is not None:  # family without a key table: dense as mlx-lm sanitizes it
+        from engine.pack_dense import write_sanitized_dense
+
+        write_sanitized_dense(ckpt, dense / "model.safetensors", _write)
+        _copy_side_files(ckpt, dense)
+        return
     names = ckpt.dense_names()
     header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
     offset = 0
@@ -313,6 +319,11 @@ def _write_dense(ckpt: Checkpoint, tmp: Path) -> None:
                         raise CheckpointError(f"{r.file}: tensor {n} is truncated")
                     _write(out, chunk)
                     left -= len(chunk)
+    _copy_side_files(ckpt, dense)
+
+
+def _copy_side_files(ckpt: Checkpoint, dense: Path) -> None:
+    """config.json, tokenizer files and the probe suite travel with the dense weights."""
     shutil.copyfile(ckpt.root / "config.json", dense / "config.json")
     for name in TOKENIZER_FILES:
         if (ckpt.root / name).is_file():

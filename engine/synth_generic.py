@@ -181,6 +181,37 @@ TINY: dict[str, dict[str, Any]] = {
     },
 }
 
+# phixtral (Phi-2 MoE) names its sizes its own way; its experts are SwitchMLP (fc1, gelu, fc2).
+TINY["phixtral"] = {
+    "num_vocab": V,
+    "model_dim": H,
+    "num_heads": 4,
+    "num_layers": 2,
+    "rotary_dim": 8,
+    "num_local_experts": E,
+}
+# nemotron_h: Mamba2 + attention + MoE layers by pattern; experts are SwitchMLP with relu^2.
+TINY["nemotron_h"] = {
+    "hybrid_override_pattern": ["M", "E", "*", "E"],
+    "mamba_num_heads": 4,
+    "mamba_head_dim": 16,
+    "mamba_proj_bias": False,
+    "ssm_state_size": 8,
+    "conv_kernel": 4,
+    "n_groups": 1,
+    "mlp_bias": False,
+    "layer_norm_epsilon": 1e-5,
+    "use_bias": False,
+    "use_conv_bias": True,
+    "n_shared_experts": 1,
+    "moe_shared_expert_intermediate_size": 64,
+    "routed_scaling_factor": 1.0,
+    "n_group": 1,
+    "topk_group": 1,
+}
+# ernie4_5_moe with use_bias: a second family whose expert projections carry biases.
+TINY["ernie4_5_moe"]["use_bias"] = True
+
 # Families whose config.json nests the text model (vision-language / multimodal wrappers).
 NESTED: dict[str, str] = {"qwen3_5_moe": "qwen3_next", "llama4": "", "qwen3_vl_moe": "qwen3_moe"}
 TINY["qwen3_5_moe"] = TINY["qwen3_next"] | {"layer_types": None}

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
 
+from engine.checkpoint import open_checkpoint
 from engine.config import EngineConfig
 from engine.errors import CheckpointError, UnsupportedModel
-from engine.families import get_experts, get_top_k, moe_blocks, set_top_k
+from engine.families import build_skeleton, get_experts, get_top_k, moe_blocks, set_top_k
 from engine.families_list import render, stacked_expert_types, statuses
 from engine.generate import Generation, generate
+from engine.hf_experts import sanitize_map
 from engine.model import load_reference
 from engine.pack import pack
 from engine.runtime import Engine
@@ -189,22 +191,84 @@ def test_families_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "streams" in line
 
 
-def test_generic_family_in_hf_layout_is_refused(
-    generic: Callable[..., tuple[Path, Store]], tmp_path: Path
-) -> None:
-    """Per-expert HF names are known only for engine.synth's families; others must be stacked."""
-    ckpt, _ = generic("minimax")
-    bad = tmp_path / "hf"
-    shutil.copytree(ckpt, bad)
-    weights = mx.load(str(bad / "model.safetensors"))
+W123 = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}  # Mixtral-style HF names
+SAME = {p: p for p in W123}
+
+
+def _to_hf(ckpt: Path, out: Path, hf: dict[str, str]) -> Path:
+    """The mlx-layout checkpoint with its stacked experts split into HF per-expert tensors."""
+    shutil.copytree(ckpt, out)
+    weights = mx.load(str(out / "model.safetensors"))
     for name in [n for n in weights if ".switch_mlp." in n]:
         stacked = weights.pop(name)
         block, rest = name.split(".switch_mlp.")
+        proj, part = rest.split(".")
         for e in range(stacked.shape[0]):
-            weights[f"{block}.experts.{e}.{rest}"] = stacked[e]
-    mx.save_safetensors(str(bad / "model.safetensors"), weights)
-    with pytest.raises(CheckpointError, match="HF per-expert names of minimax are not known"):
+            weights[f"{block}.experts.{e}.{hf[proj]}.{part}"] = stacked[e]
+    mx.save_safetensors(str(out / "model.safetensors"), weights)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("family", "hf"),
+    [("minimax", W123), ("phimoe", W123), ("qwen3_next", SAME), ("jamba", SAME)],
+)
+def test_hf_per_expert_checkpoint_maps_through_mlx_lm_sanitize(
+    generic: Callable[..., tuple[Path, Store]], tmp_path: Path, family: str, hf: dict[str, str]
+) -> None:
+    """No key table: mlx-lm's own sanitize says which HF tensor is which expert's projection."""
+    ckpt, _ = generic(family)
+    src = _to_hf(ckpt, tmp_path / "hf", hf)
+    opened = open_checkpoint(src)
+    assert opened.layout == "hf" and opened.hf_names is not None
+    assert opened.hf_key(opened.blocks[0], 5, "gate_proj").endswith(
+        f"experts.5.{hf['gate_proj']}.weight"
+    )
+    store = pack(src, tmp_path / "store", progress=False)
+    ref = generate(load_reference(src), PROMPT, N_NEW, keep_logits=True)
+    with Engine(store, EngineConfig(prefetch="next_layer", cache_bytes=100_000)) as engine:
+        gen = engine.generate(PROMPT, N_NEW, keep_logits=True)
+    _same(gen, ref)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "deepseek_v3"])
+def test_sanitize_map_agrees_with_the_key_tables(
+    tiny_checkpoint: Callable[[str], Path], family: str
+) -> None:
+    """On engine.synth's HF checkpoints, the sanitize mapping finds exactly the table's names."""
+    ckpt = open_checkpoint(tiny_checkpoint(family))
+    skeleton = build_skeleton(ckpt.config)
+    per = {n: ckpt.tensors[n].shape for n in ckpt.tensors if ".experts." in n}
+    targets = [b.stacked_key(p) for b in ckpt.blocks for p in ckpt.projections]
+    mapping = sanitize_map(skeleton, per, targets, ckpt.num_experts, "test")
+    for b in ckpt.blocks:
+        for p in ckpt.projections:
+            expected = [ckpt.family.hf_expert_key(b.path, e, p) for e in range(ckpt.num_experts)]
+            assert mapping[b.stacked_key(p)] == expected
+
+
+def test_hf_names_sanitize_does_not_know_are_refused(
+    generic: Callable[..., tuple[Path, Store]], tmp_path: Path
+) -> None:
+    """minimax's HF experts are w1/w2/w3: gate_proj names stack into nothing, and pack says so."""
+    ckpt, _ = generic("minimax")
+    bad = _to_hf(ckpt, tmp_path / "hf", SAME)
+    with pytest.raises(CheckpointError, match="no per-expert source tensors stack into"):
         pack(bad, tmp_path / "store", progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+def test_fused_expert_tensors_are_refused_naming_them(
+    generic: Callable[..., tuple[Path, Store]],
+) -> None:
+    """A sanitize that splits a fused tensor (qwen3_5_moe's HF gate_up_proj) is not a stack."""
+    ckpt, _ = generic("qwen3_5_moe")
+    skeleton = build_skeleton(json.loads((ckpt / "config.json").read_text()))
+    prefix = "model.language_model.layers.0.mlp.experts"
+    shapes = {f"{prefix}.gate_up_proj": (8, 128, 64), f"{prefix}.down_proj": (8, 64, 64)}
+    target = "language_model.model.layers.0.mlp.switch_mlp.gate_proj.weight"
+    with pytest.raises(CheckpointError, match="more than stacking"):
+        sanitize_map(skeleton, shapes, [target], 8, "fused")
 
 
 def test_unknown_tiny_family_and_preset_are_refused(tmp_path: Path) -> None:

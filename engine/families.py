@@ -26,7 +26,14 @@ from engine.streaming import GLU_PROJECTIONS, MLP_PROJECTIONS, StreamingSwitchGL
 EXPERT_MODULES = (SwitchGLU, SwitchMLP, StreamingSwitchGLU)
 # Where mlx-lm's MoE blocks keep top-k, most specific first (a gate module that routes wins
 # over a copy on the block that nothing reads, as in dots1).
-_TOP_K_ATTRS = ("gate.top_k", "router.top_k", "top_k", "num_experts_per_tok", "k")
+_TOP_K_ATTRS = (
+    "gate.top_k",
+    "router.top_k",
+    "top_k",
+    "num_experts_per_tok",
+    "k",  # ernie4_5_moe
+    "args.num_experts_per_token",  # kimi_linear reads it from its ModelArgs at call time
+)
 
 
 def _resolve(block: nn.Module, dotted: str) -> tuple[Any, str] | None:
@@ -34,7 +41,9 @@ def _resolve(block: nn.Module, dotted: str) -> tuple[Any, str] | None:
     *path, attr = dotted.split(".")
     obj: Any = block
     for p in path:
-        obj = obj.get(p) if isinstance(obj, dict) else getattr(obj, p, None)
+        # A child module sits in the Module's dict, a config object is a plain attribute.
+        child = obj.get(p) if isinstance(obj, dict) else None
+        obj = child if child is not None else getattr(obj, p, None)
         if obj is None:
             return None
     value = getattr(obj, attr, None)
@@ -63,15 +72,16 @@ def set_top_k(block: nn.Module, k: int) -> None:
 
 def _router(block: nn.Module, num_experts: int) -> nn.Module:
     """The module whose (D -> E) projection routes: the block's gate/router, or a linear inside."""
-    for name in ("gate", "router"):
-        m = block.get(name) if isinstance(block, dict) else None
-        if isinstance(m, nn.Module):
-            w = m.get("weight")
-            if isinstance(w, mx.array) and w.shape[0] == num_experts:
-                return m
-            for _, sub in m.named_modules():
-                sw = sub.get("weight")
-                if isinstance(sw, mx.array) and sw.shape[0] == num_experts:
+    # longcat_flash's router also scores its "zero" (identity) experts: more outputs than E.
+    for exact in (True, False):
+        for name in ("gate", "router"):
+            m = block.get(name) if isinstance(block, dict) else None
+            if not isinstance(m, nn.Module):
+                continue
+            for _, sub in [("", m), *m.named_modules()]:
+                w = sub.get("weight")
+                rows = w.shape[0] if isinstance(w, mx.array) and w.ndim == 2 else 0
+                if rows == num_experts or (not exact and rows > num_experts):
                     return sub
     raise UnsupportedModel(f"{type(block).__name__}: no router with {num_experts} outputs")
 
@@ -88,8 +98,9 @@ def router_scores(block: nn.Module, x: mx.array) -> mx.array:
     for holder in (gate, block.get("gate"), block.get("router")):
         bias = holder.get("e_score_correction_bias") if isinstance(holder, nn.Module) else None
         if isinstance(bias, mx.array):  # noaux_tc routing: sigmoid plus a per-expert bias
-            return mx.sigmoid(scores.astype(mx.float32)) + bias
-    return scores
+            scores = mx.sigmoid(scores.astype(mx.float32)) + bias
+            break
+    return scores[..., :num_experts]  # only real experts can be fetched
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,18 @@ from pathlib import Path
 
 # Why a family that has stacked experts does not stream yet, one line each.
 NOT_YET: dict[str, str] = {
-    "kimi_linear": "top-k lives in ModelArgs (args.num_experts_per_token), so experts_per_token "
-    "cannot reach it; no tiny config yet",
-    "kimi_vl": "text model is deepseek_v3 (streams); mlx-lm drops the vision tower in sanitize, "
-    "so there is nothing resident to keep: no tiny config for its wrapper yet",
-    "gemma4_text": "experts under `switch_glu` beside a dense MLP in the same layer; no tiny "
-    "config yet",
-    "deepseek_v41": "also uses SwitchLinear for attention output (o_a_proj), which is not an "
-    "expert block; no tiny config yet",
+    "gemma4_text": "its router sits on the decoder layer, not on the block owning the experts "
+    "(Experts.switch_glu), so top-k and router scores need family code",
+    "gemma4": "multimodal wrapper of gemma4_text (see there)",
+    "qwen3_5": "dense Qwen3.5 (no routed experts); its MoE form is qwen3_5_moe, which streams",
+    "deepseek_v41": "not tested yet: no tiny config (its attention's SwitchLinear o_a_proj is "
+    "not an expert block and would stay resident)",
+    "longcat_flash_ngram": "not tested yet: no tiny config (longcat_flash plus n-gram embeddings; "
+    "longcat_flash streams)",
+    "minimax_m3_vl": "not tested yet: no tiny config for this vision-language wrapper",
+    "kimi_k3": "not tested yet: no tiny config (KDA + MLA text model in a text_config wrapper)",
+    "muse_spark": "not tested yet: no tiny config",
+    "prism_hadamard_qwen35": "not tested yet: no tiny config (Hadamard-rotated Qwen3.5)",
 }
 DEFAULT_REASON = "not tested yet: no tiny config in engine/synth_generic.py"
 

@@ -28,6 +28,9 @@ NOT_YET: dict[str, str] = {
     "muse_spark": "not tested yet: no tiny config",
     "prism_hadamard_qwen35": "not tested yet: no tiny config (Hadamard-rotated Qwen3.5)",
 }
+# Multimodal wrappers: mlx-lm builds only their text model (its sanitize drops the vision
+# weights), so the text model streams and there is no vision tower to keep resident.
+TEXT_ONLY = frozenset({"qwen3_5_moe", "qwen3_vl_moe", "kimi_vl", "kimi_k25", "llama4"})
 DEFAULT_REASON = "not tested yet: no tiny config in engine/synth_generic.py"
 
 
@@ -71,7 +74,10 @@ def statuses() -> list[tuple[str, bool, str]]:
     out = []
     for name in sorted(stacked_expert_types(), key=str.lower):
         if name in tested:
-            out.append((name, True, "streams (tested: greedy parity with mlx-lm float32)"))
+            status = "streams (tested: greedy parity with mlx-lm float32)"
+            if name in TEXT_ONLY:
+                status += "; text model only: mlx-lm drops the vision tower"
+            out.append((name, True, status))
         else:
             out.append((name, False, NOT_YET.get(name, DEFAULT_REASON)))
     return out

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.checkpoint_checks import (
     check_config,
     check_experts,
     check_no_extra_experts,
     hf_key,
+    hf_source,
 )
 from engine.errors import CheckpointError
 from engine.families import (
@@ -30,7 +33,8 @@ from engine.families import (
     moe_blocks,
     projections_of,
 )
-from engine.hf_experts import per_expert_names, sanitize_map
+from engine.hf_experts import Source, View, expert_candidates, sanitize_map
+from engine.store import np_dtype
 
 # safetensors dtype code -> (store dtype name, itemsize); store names are engine.store's keys.
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -65,17 +69,28 @@ class TensorRef:
 class ExpertPart:
     """One tensor of one expert: `ref` whole (HF) or its row `index` along axis 0 (stacked)."""
 
-    name: str  # "<mlx projection>.<weight|scales|biases>"
+    name: str  # "<mlx projection>.<weight|scales|biases|bias>"
     ref: TensorRef
     index: int | None  # None: the whole tensor is this expert's; else a slice of a stacked tensor
+    view: View | None = None  # fused HF tensors: the cut of that slab that is this tensor
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def slab_shape(self) -> tuple[int, ...]:
         return self.ref.shape if self.index is None else self.ref.shape[1:]
 
     @property
-    def nbytes(self) -> int:
+    def slab_nbytes(self) -> int:
         return self.ref.nbytes if self.index is None else self.ref.nbytes // self.ref.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.slab_shape if self.view is None else self.view.shape(self.slab_shape)
+
+    @property
+    def nbytes(self) -> int:
+        if self.view is None:
+            return self.slab_nbytes
+        return self.slab_nbytes * int(np.prod(self.shape)) // int(np.prod(self.slab_shape))
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ class Checkpoint:
         fingerprint: str,
         projections: tuple[str, ...] = (),
         biased: bool = False,
-        hf_names: dict[str, list[str]] | None = None,
+        hf_names: dict[str, list[Source]] | None = None,
     ) -> None:
         self.root = root
         self.config = config
@@ -153,7 +168,11 @@ class Checkpoint:
         out = []
         for proj in self.projections:
             for part in parts or self.parts:
-                if self.layout == "hf":
+                if self.layout == "hf" and self.hf_names is not None:
+                    src = hf_source(self.hf_names, block, expert, proj, part)
+                    ref = self.tensors[src.name]
+                    out.append(ExpertPart(f"{proj}.{part}", ref, src.index, src.view))
+                elif self.layout == "hf":
                     key = self.hf_key(block, expert, proj, part)
                     out.append(ExpertPart(f"{proj}.{part}", self.tensors[key], None))
                 else:
@@ -176,7 +195,7 @@ class Checkpoint:
         if isinstance(part, TensorRef):
             ref, start, n = part, part.offset, part.nbytes
         else:
-            ref, n = part.ref, part.nbytes
+            ref, n = part.ref, part.slab_nbytes
             start = ref.offset + (0 if part.index is None else part.index * n)
         with open(ref.file, "rb") as f:
             f.seek(start)
@@ -186,6 +205,10 @@ class Checkpoint:
                 f"{ref.file}: tensor {ref.name} is truncated ({len(data)} of {n} bytes); "
                 "re-download or re-convert the checkpoint"
             )
+        if isinstance(part, ExpertPart) and part.view is not None:
+            # A fused HF tensor: cut this expert's part out of its slab (one slab in RAM).
+            slab = np.frombuffer(data, dtype=np_dtype(ref.dtype)).reshape(part.slab_shape)
+            return part.view.apply(slab).tobytes()
         return data
 
 
@@ -256,17 +279,18 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     hf_names = None
     if not stacked and not family.has_hf_names:
         # No table for this family: mlx-lm's sanitize says which source tensor is which.
-        per = per_expert_names(tensors)
+        shapes_of = {n: r.shape for n, r in tensors.items()}
+        per = expert_candidates(shapes_of, num_experts)
         if not per:
             raise CheckpointError(
                 f"{root}: no stacked expert tensor {blocks[0].stacked_key(projections[0])} and "
-                "no per-expert tensors (`...experts.<e>....`); is this a checkpoint of the model "
+                "no HF expert tensors (`...experts...`); is this a checkpoint of the model "
                 "config.json describes?"
             )
         parts = ("weight", "bias") if biased else ("weight",)
         targets = [b.stacked_key(p, part) for b in blocks for p in projections for part in parts]
         hf_names = sanitize_map(
-            skeleton, {n: tensors[n].shape for n in per}, targets, num_experts, str(root)
+            skeleton, {n: shapes_of[n] for n in per}, targets, num_experts, str(root)
         )
     quant = _quantization(root, config) if stacked else None
     layout = "stacked" if stacked else "hf"

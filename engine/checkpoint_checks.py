@@ -16,6 +16,7 @@ from engine.families import Family
 
 if TYPE_CHECKING:
     from engine.checkpoint import MoeBlock, TensorRef
+    from engine.hf_experts import Source
 
 FLOAT_DTYPES = ("bfloat16", "float16", "float32")
 
@@ -45,7 +46,7 @@ def check_experts(
     quant: dict[str, int] | None,
     family: Family,
     biased: bool,
-    hf_names: dict[str, list[str]] | None,
+    hf_names: dict[str, list[Source]] | None,
 ) -> None:
     """Every expert tensor present, float, and shaped as the config says; errors name it."""
     config = json.loads((root / "config.json").read_text())
@@ -55,6 +56,18 @@ def check_experts(
             out_dim, in_dim = shapes[proj]
             if layout == "hf":
                 for e in range(num_experts):
+                    if hf_names is not None:  # mapped by sanitize: check the cut's shape
+                        src = hf_source(hf_names, b, e, proj, where=f"{root}: ")
+                        ref = tensors[src.name]
+                        slab = ref.shape[1:] if src.index is not None else ref.shape
+                        got = slab if src.view is None else src.view.shape(slab)
+                        if got != (out_dim, in_dim):
+                            raise CheckpointError(
+                                f"{root}: layer {b.layer} expert {e} projection {proj}: "
+                                f"{src.name} gives shape {list(got)}, expected "
+                                f"{[out_dim, in_dim]} from config.json"
+                            )
+                        continue
                     key = hf_key(family, hf_names, b, e, proj)
                     ref = tensors.get(key)
                     if ref is None:
@@ -135,21 +148,34 @@ def _expect(ref: TensorRef, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> 
         )
 
 
+def hf_source(
+    hf_names: dict[str, list[Source]],
+    block: MoeBlock,
+    expert: int,
+    proj: str,
+    part: str = "weight",
+    where: str = "",
+) -> Source:
+    """Where one expert's tensor comes from in an HF checkpoint mapped by mlx-lm's sanitize."""
+    sources = hf_names.get(block.stacked_key(proj, part))
+    if sources is None:
+        raise CheckpointError(
+            f"{where}layer {block.layer} projection {proj}: no source tensors make "
+            f"{block.stacked_key(proj, part)} (mlx-lm's sanitize built none); the checkpoint "
+            "lacks this layer's experts or names them in a way this family does not"
+        )
+    return sources[expert]
+
+
 def hf_key(
     family: Family,
-    hf_names: dict[str, list[str]] | None,
+    hf_names: dict[str, list[Source]] | None,
     block: MoeBlock,
     expert: int,
     proj: str,
     part: str = "weight",
 ) -> str:
+    """Source name of one expert's tensor in an HF checkpoint (table or sanitize mapping)."""
     if hf_names is None:
         return family.hf_expert_key(block.path, expert, proj, part)
-    names = hf_names.get(block.stacked_key(proj, part))
-    if names is None:
-        raise CheckpointError(
-            f"layer {block.layer} projection {proj}: no per-expert source tensors stack into "
-            f"{block.stacked_key(proj, part)} (mlx-lm's sanitize made none); the checkpoint "
-            "lacks this layer's experts"
-        )
-    return names[expert]
+    return hf_source(hf_names, block, expert, proj, part).name

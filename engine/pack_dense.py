@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.families import build_skeleton
+from engine.hf_experts import SLOTS, used_sources
 
 # mlx dtype -> safetensors code (numpy has no bf16: it travels as its uint16 bits)
 _ST = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32", mx.uint32: "U32",
@@ -31,8 +32,16 @@ def sanitized_dense(ckpt: Any) -> dict[str, mx.array]:
     lazy: dict[str, mx.array] = {}
     for f in sorted({r.file for r in ckpt.tensors.values()}):
         lazy.update(mx.load(str(f)))  # lazy: a tensor's bytes are read when it is evaluated
-    experts = {n for names in ckpt.hf_names.values() for n in names}
-    weights = {n: (mx.zeros((1,) * len(a.shape)) if n in experts else a) for n, a in lazy.items()}
+    # Expert tensors stand in as small markers (their slabs shrunk to SLOTS per axis, a fused
+    # tensor's expert axis kept) so sanitize's splits still work without reading them.
+    fused = {s.name for srcs in ckpt.hf_names.values() for s in srcs if s.index is not None}
+    experts = used_sources(ckpt.hf_names)
+    weights = {}
+    for n, a in lazy.items():
+        if n in experts:
+            lead = a.shape[:1] if n in fused else ()
+            a = mx.zeros((*lead, *([SLOTS] * (a.ndim - len(lead)))), dtype=mx.int32)
+        weights[n] = a
     skeleton = build_skeleton(ckpt.config)
     try:
         out = skeleton.sanitize(weights)

@@ -12,6 +12,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -286,7 +287,8 @@ def test_sanitize_map_agrees_with_the_key_tables(
     for b in ckpt.blocks:
         for p in ckpt.projections:
             expected = [ckpt.family.hf_expert_key(b.path, e, p) for e in range(ckpt.num_experts)]
-            assert mapping[b.stacked_key(p)] == expected
+            assert [s.name for s in mapping[b.stacked_key(p)]] == expected
+            assert all(s.index is None and s.view is None for s in mapping[b.stacked_key(p)])
 
 
 def test_hf_names_sanitize_does_not_know_are_refused(
@@ -295,22 +297,68 @@ def test_hf_names_sanitize_does_not_know_are_refused(
     """minimax's HF experts are w1/w2/w3: gate_proj names stack into nothing, and pack says so."""
     ckpt, _ = generic("minimax")
     bad = _to_hf(ckpt, tmp_path / "hf", SAME)
-    with pytest.raises(CheckpointError, match="no per-expert source tensors stack into"):
+    with pytest.raises(CheckpointError, match=r"/hf: layer 0 projection gate_proj: no source"):
         pack(bad, tmp_path / "store", progress=False)
     assert not (tmp_path / "store").exists()
 
 
-def test_fused_expert_tensors_are_refused_naming_them(
-    generic: Callable[..., tuple[Path, Store]],
+def _qwen35_hf(w: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Qwen3.5's HF names: text model under model.language_model, experts.gate_up_proj
+    (E, 2I, D) = gate rows then up rows, experts.down_proj (E, D, I)."""
+    out = {}
+    for n, a in w.items():
+        n = n.replace("language_model.model.", "model.language_model.")
+        n = n.replace("language_model.lm_head.", "lm_head.")
+        out[n] = a
+    for n in [n for n in out if n.endswith("switch_mlp.gate_proj.weight")]:
+        base = n.removesuffix(".switch_mlp.gate_proj.weight")
+        gate, up = out.pop(n), out.pop(f"{base}.switch_mlp.up_proj.weight")
+        out[f"{base}.experts.gate_up_proj"] = mx.concatenate([gate, up], axis=-2)
+        out[f"{base}.experts.down_proj"] = out.pop(f"{base}.switch_mlp.down_proj.weight")
+    return out
+
+
+def _llama4_hf(w: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Llama 4's HF experts: gate_up_proj (E, D, 2I), down_proj (E, I, D): transposed."""
+    out = dict(w)
+    for n in [n for n in out if n.endswith("experts.gate_proj.weight")]:
+        base = n.removesuffix(".gate_proj.weight")
+        gate, up = out.pop(n), out.pop(f"{base}.up_proj.weight")
+        out[f"{base}.gate_up_proj"] = mx.concatenate(
+            [gate.swapaxes(1, 2), up.swapaxes(1, 2)], axis=-1
+        )
+        out[f"{base}.down_proj"] = out.pop(f"{base}.down_proj.weight").swapaxes(1, 2)
+    return out
+
+
+@pytest.mark.parametrize(("family", "to_hf"), [("qwen3_5_moe", _qwen35_hf), ("llama4", _llama4_hf)])
+def test_fused_hf_experts_pack_through_mlx_lm_sanitize(
+    generic: Callable[..., tuple[Path, Store]], tmp_path: Path, family: str, to_hf: Any
 ) -> None:
-    """A sanitize that splits a fused tensor (qwen3_5_moe's HF gate_up_proj) is not a stack."""
-    ckpt, _ = generic("qwen3_5_moe")
-    skeleton = build_skeleton(json.loads((ckpt / "config.json").read_text()))
-    prefix = "model.language_model.layers.0.mlp.experts"
-    shapes = {f"{prefix}.gate_up_proj": (8, 128, 64), f"{prefix}.down_proj": (8, 64, 64)}
-    target = "language_model.model.layers.0.mlp.switch_mlp.gate_proj.weight"
-    with pytest.raises(CheckpointError, match="more than stacking"):
-        sanitize_map(skeleton, shapes, [target], 8, "fused")
+    """The seed model's HF layout fuses gate and up: sanitize's split (and Llama 4's transpose)
+    is read off the markers, and pack cuts each expert's slab the same way."""
+    ckpt, _ = generic(family)
+    src = tmp_path / "hf"
+    shutil.copytree(ckpt, src)
+    weights = to_hf(mx.load(str(src / "model.safetensors")))
+    mx.save_safetensors(str(src / "model.safetensors"), weights)
+    opened = open_checkpoint(src)
+    part = opened.expert_parts(opened.blocks[0], 3)[0]
+    assert part.index == 3 and part.view is not None and "gate_up_proj" in part.ref.name
+    store = pack(src, tmp_path / "store", progress=False)
+    ref = generate(load_reference(src), PROMPT, N_NEW, keep_logits=True)
+    with Engine(store, EngineConfig(prefetch="next_layer", cache_bytes=100_000)) as engine:
+        gen = engine.generate(PROMPT, N_NEW, keep_logits=True)
+    _same(gen, ref)
+
+
+def test_interleaved_expert_tensors_are_refused_naming_them() -> None:
+    """gpt_oss's HF gate_up_proj interleaves gate and up rows: not a cut, so pack refuses."""
+    model, _ = build_model("gpt_oss")
+    shapes = {"model.layers.0.mlp.experts.gate_up_proj.weight": (8, 128, 64)}
+    target = "model.layers.0.mlp.experts.gate_proj.weight"
+    with pytest.raises(CheckpointError, match=r"gate_proj.weight from the source by more than"):
+        sanitize_map(model, shapes, [target], 8, "interleaved")
 
 
 def test_unknown_tiny_family_and_preset_are_refused(tmp_path: Path) -> None:

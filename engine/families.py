@@ -3,9 +3,10 @@
 Any mlx-lm model whose MoE layers use mlx-lm's stacked expert modules (`SwitchGLU`, `SwitchMLP`,
 under any attribute name: `switch_mlp`, `experts`, ...) streams: the modules are found by type,
 their projections, biases and activation are read off the module itself, and top-k and router
-scores are found on the owning MoE block by the names mlx-lm uses. `FAMILIES` holds only what a
-model file cannot tell us: the HF per-expert key names of checkpoints not yet stacked (an
-mlx-community checkpoint's keys are the model's own parameter names, so it needs no table).
+scores are found on the owning MoE block by the names mlx-lm uses. Checkpoint keys need no table
+either: an mlx-community checkpoint's are the model's own parameter names, an HF checkpoint's are
+mapped by mlx-lm's own sanitize (`engine.hf_experts`). `FAMILIES` keeps the HF per-expert names
+of the five families `engine.synth` writes in HF layout (it needs them to write them).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def router_scores(block: nn.Module, x: mx.array) -> mx.array:
 class Family:
     model_type: str
     # mlx-lm projection name -> HF per-expert projection name, in on-disk order; empty for a
-    # family whose HF per-expert names we do not know (it packs from mlx-community layout).
+    # family engine.synth does not write (its HF names come from mlx-lm's sanitize).
     projections: tuple[tuple[str, str], ...] = ()
     # config.json key holding the number of routed experts (synth writes it; "" if unknown).
     num_experts_key: str = ""
@@ -142,7 +143,7 @@ class Family:
 
 _GLU = tuple(zip(GLU_PROJECTIONS, GLU_PROJECTIONS, strict=True))
 
-# Families whose HF per-expert checkpoints (`experts.<e>.<proj>.weight`) pack directly.
+# The families engine.synth writes in HF layout (`experts.<e>.<proj>.weight`).
 FAMILIES: dict[str, Family] = {
     "qwen3_moe": Family("qwen3_moe", _GLU, "num_experts"),
     "qwen2_moe": Family("qwen2_moe", _GLU, "num_experts"),

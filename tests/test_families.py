@@ -376,3 +376,12 @@ def test_synth_cli_builds_a_generic_family(tmp_path: Path) -> None:
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["model_type"] == "qwen3_5_moe" and "text_config" in cfg
     assert (tmp_path / "m" / "probe_suite.toml").is_file()
+
+
+def test_hf_names_of_a_family_synth_does_not_write_are_not_guessed() -> None:
+    from engine.families import Family, family_for
+
+    fam = family_for({"model_type": "gpt_oss"})
+    assert fam == Family("gpt_oss") and not fam.has_hf_names
+    with pytest.raises(UnsupportedModel, match="gpt_oss: HF per-expert key names are not known"):
+        fam.hf_expert_key("model.layers.0.mlp", 0, "gate_proj")

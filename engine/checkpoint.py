@@ -169,7 +169,7 @@ class Checkpoint:
         for proj in self.projections:
             for part in parts or self.parts:
                 if self.layout == "hf" and self.hf_names is not None:
-                    src = hf_source(self.hf_names, block, expert, proj, part)
+                    src = hf_source(self.hf_names, block, expert, proj, part, f"{self.root}: ")
                     ref = self.tensors[src.name]
                     out.append(ExpertPart(f"{proj}.{part}", ref, src.index, src.view))
                 elif self.layout == "hf":
@@ -281,6 +281,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         # No table for this family: mlx-lm's sanitize says which source tensor is which.
         shapes_of = {n: r.shape for n, r in tensors.items()}
         per = expert_candidates(shapes_of, num_experts)
+        candidates = set(per)
         if not per:
             raise CheckpointError(
                 f"{root}: no stacked expert tensor {blocks[0].stacked_key(projections[0])} and "
@@ -290,7 +291,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         parts = ("weight", "bias") if biased else ("weight",)
         targets = [b.stacked_key(p, part) for b in blocks for p in projections for part in parts]
         hf_names = sanitize_map(
-            skeleton, {n: shapes_of[n] for n in per}, targets, num_experts, str(root)
+            skeleton,
+            {n: shapes_of[n] for n in per},
+            targets,
+            num_experts,
+            str(root),
+            {n: s for n, s in shapes_of.items() if n not in candidates},
         )
     quant = _quantization(root, config) if stacked else None
     layout = "stacked" if stacked else "hf"

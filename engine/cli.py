@@ -15,16 +15,23 @@ from engine.errors import EngineError
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """Write a synthetic HF-layout MoE checkpoint with planted routing structure.
+    """Write a synthetic MoE checkpoint with planted routing structure.
 
     Weights are random, routing is not: popularity skew, topic persistence across consecutive
     tokens and cross-layer predictability are planted so caches and prefetch behave as in real
     models. Presets: tiny (tests, a few MB), small (demo, ~400 MB), bench (GBs, I/O-bound).
+    Any family `families` lists as streaming can be built at tiny size (mlx-community layout, or
+    HF layout where its HF key names are known); the five HF families take every preset.
     """
     from engine.synth_generic import synthesize_family
 
     out = synthesize_family(
-        Path(args.out), family=args.family, preset=args.preset, seed=args.seed, force=args.force
+        Path(args.out),
+        family=args.family,
+        preset=args.preset,
+        seed=args.seed,
+        force=args.force,
+        layout=args.layout,
     )
     print(f"wrote {out}")
     return 0
@@ -116,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", default="tiny", choices=["tiny", "small", "bench"])
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    sp.add_argument(
+        "--layout",
+        choices=["hf", "mlx"],
+        help="hf: per-expert/fused HF tensors; mlx: stacked (mlx-community). Default: hf for "
+        "qwen3_moe, mixtral, deepseek_v3, qwen2_moe, olmoe; mlx for the others",
+    )
 
     add("families", cmd_families)
 

@@ -131,18 +131,20 @@ def sanitize_map(
     targets: list[str],
     num_experts: int,
     source: str,
+    others: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, list[Source]]:
     """stacked target name -> one Source per expert, via mlx-lm's sanitize on markers.
 
     shapes: candidate source tensors (`expert_candidates`) and their shapes; targets: stacked
-    parameter names of the model's expert modules that the checkpoint must provide.
+    parameter names of the model's expert modules that the checkpoint must provide; others: the
+    remaining tensors, passed as lazy zeros (never evaluated) since some sanitizes read them.
     """
     names = sorted(shapes)
     # A fused tensor stacks every expert on axis 0 under one name (experts.gate_up_proj).
     fused = {
         n: not _per_expert(n) and len(shapes[n]) >= 2 and shapes[n][0] == num_experts for n in names
     }
-    markers: dict[str, Any] = {}
+    markers: dict[str, Any] = {n: mx.zeros(s) for n, s in (others or {}).items()}
     for i, n in enumerate(names):
         dims = _slab_dims(shapes[n], fused[n])
         if any(d % SLOTS for d in dims):

@@ -95,11 +95,25 @@ def build_model(family: str, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     return model, config
 
 
-def synthesize(out: Path, family: str, seed: int = 0, force: bool = False, bits: int = 16) -> Path:
-    """Write the tiny checkpoint (mlx-community layout; `bits` < 16 quantizes it the way
-    `mlx_lm convert -q` does) atomically to `out`, with tokenizer and probe suite."""
+def synthesize(
+    out: Path,
+    family: str,
+    seed: int = 0,
+    force: bool = False,
+    bits: int = 16,
+    layout: str = "mlx",
+) -> Path:
+    """Write the tiny checkpoint atomically to `out`, with tokenizer and probe suite: layout
+    "mlx" (mlx-community: stacked experts; `bits` < 16 quantizes it the way `mlx_lm convert
+    -q` does) or "hf" (the family's HF expert tensors, where engine.synth_hf knows them)."""
     from mlx_lm.utils import quantize_model
 
+    from engine.synth_hf import to_hf
+
+    if layout not in ("mlx", "hf") or (layout == "hf" and bits < 16):
+        raise CheckpointError(
+            f"layout must be 'mlx' or 'hf' (16-bit only), got {layout!r} at {bits} bits"
+        )
     out = Path(out)
     if out.exists() and not force:
         raise StoreExists(f"{out}: already exists; pass --force to replace it")
@@ -107,6 +121,13 @@ def synthesize(out: Path, family: str, seed: int = 0, force: bool = False, bits:
     if bits < 16:
         model, config = quantize_model(model, config, group_size=64, bits=bits)
     weights = dict(tree_flatten(model.parameters()))
+    if not any(
+        n.endswith(("switch_mlp.up_proj.weight", "experts.up_proj.weight", "switch_mlp.fc1.weight"))
+        for n in weights
+    ):
+        raise CheckpointError(f"tiny {family} config: the model has no stacked experts to stream")
+    if layout == "hf":
+        weights = to_hf(weights, family)
     plan = RoutingPlan(hidden=H, vocab=V, num_experts=E, seed=seed, knobs=RoutingKnobs())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -122,11 +143,6 @@ def synthesize(out: Path, family: str, seed: int = 0, force: bool = False, bits:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if not any(
-        n.endswith(("switch_mlp.up_proj.weight", "experts.up_proj.weight", "switch_mlp.fc1.weight"))
-        for n in weights
-    ):
-        raise CheckpointError(f"{out}: the {family} model has no stacked experts to stream")
     return out
 
 
@@ -142,15 +158,17 @@ def synthesize_family(
     force: bool = False,
     knobs: RoutingKnobs | None = None,
     progress: bool | None = None,
+    layout: str | None = None,
 ) -> Path:
-    """`engine.synth.synthesize` for its HF-layout families, else the tiny mlx-layout model."""
+    """`engine.synth.synthesize` for its HF-layout families (any preset), else the tiny model
+    of this file; layout None = HF for engine.synth's families, mlx for the others."""
     from engine import synth
 
-    if family in synth.SYNTH_FAMILIES:
+    if family in synth.SYNTH_FAMILIES and layout in (None, "hf"):
         return synth.synthesize(out, family, preset, seed, force, knobs, progress)
     if preset != "tiny":
         raise CheckpointError(
             f"family {family!r} is synthesized at preset 'tiny' only, not {preset!r}; "
-            f"presets for it come with engine/synth.py's families ({', '.join(synth.PRESETS)})"
+            f"presets come with engine/synth.py's HF families ({', '.join(synth.SYNTH_FAMILIES)})"
         )
-    return synthesize(out, family, seed=seed, force=force)
+    return synthesize(out, family, seed=seed, force=force, layout=layout or "mlx")

@@ -12,7 +12,6 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -41,6 +40,7 @@ from engine.runtime import Engine
 from engine.store import Store
 from engine.streaming import StreamingSwitchGLU
 from engine.synth_generic import SYNTH_FAMILIES, build_model, synthesize, synthesize_family
+from engine.synth_hf import hf_layouts
 
 PROMPT = [5, 9, 17, 33, 65, 101, 7, 7, 12, 250, 3, 44]
 N_NEW = 5
@@ -234,8 +234,7 @@ def test_families_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "streams" in line
 
 
-W123 = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}  # Mixtral-style HF names
-SAME = {p: p for p in W123}
+SAME = {p: p for p in ("gate_proj", "up_proj", "down_proj")}
 
 
 def _to_hf(ckpt: Path, out: Path, hf: dict[str, str]) -> Path:
@@ -252,21 +251,19 @@ def _to_hf(ckpt: Path, out: Path, hf: dict[str, str]) -> Path:
     return out
 
 
-@pytest.mark.parametrize(
-    ("family", "hf"),
-    [("minimax", W123), ("phimoe", W123), ("qwen3_next", SAME), ("jamba", SAME)],
-)
-def test_hf_per_expert_checkpoint_maps_through_mlx_lm_sanitize(
-    generic: Callable[..., tuple[Path, Store]], tmp_path: Path, family: str, hf: dict[str, str]
-) -> None:
-    """No key table: mlx-lm's own sanitize says which HF tensor is which expert's projection."""
-    ckpt, _ = generic(family)
-    src = _to_hf(ckpt, tmp_path / "hf", hf)
+@pytest.mark.parametrize("family", sorted(hf_layouts()))
+def test_hf_checkpoint_maps_through_mlx_lm_sanitize(tmp_path: Path, family: str) -> None:
+    """No key table: mlx-lm's own sanitize says which HF tensor (per-expert, or a fused
+    gate_up_proj split and maybe transposed) is which expert's projection; mlx-lm loading the
+    same HF directory is the reference."""
+    src = synthesize(tmp_path / "hf", family, layout="hf")
     opened = open_checkpoint(src)
     assert opened.layout == "hf" and opened.hf_names is not None
-    assert opened.hf_key(opened.blocks[0], 5, "gate_proj").endswith(
-        f"experts.5.{hf['gate_proj']}.weight"
-    )
+    part = opened.expert_parts(opened.blocks[0], 3)[0]  # expert 3's gate_proj
+    if hf_layouts()[family]["experts"] == "per_expert":
+        assert part.index is None and part.view is None and ".experts.3." in part.ref.name
+    else:
+        assert part.index == 3 and part.view is not None and "gate_up_proj" in part.ref.name
     store = pack(src, tmp_path / "store", progress=False)
     ref = generate(load_reference(src), PROMPT, N_NEW, keep_logits=True)
     with Engine(store, EngineConfig(prefetch="next_layer", cache_bytes=100_000)) as engine:
@@ -302,56 +299,6 @@ def test_hf_names_sanitize_does_not_know_are_refused(
     assert not (tmp_path / "store").exists()
 
 
-def _qwen35_hf(w: dict[str, mx.array]) -> dict[str, mx.array]:
-    """Qwen3.5's HF names: text model under model.language_model, experts.gate_up_proj
-    (E, 2I, D) = gate rows then up rows, experts.down_proj (E, D, I)."""
-    out = {}
-    for n, a in w.items():
-        n = n.replace("language_model.model.", "model.language_model.")
-        n = n.replace("language_model.lm_head.", "lm_head.")
-        out[n] = a
-    for n in [n for n in out if n.endswith("switch_mlp.gate_proj.weight")]:
-        base = n.removesuffix(".switch_mlp.gate_proj.weight")
-        gate, up = out.pop(n), out.pop(f"{base}.switch_mlp.up_proj.weight")
-        out[f"{base}.experts.gate_up_proj"] = mx.concatenate([gate, up], axis=-2)
-        out[f"{base}.experts.down_proj"] = out.pop(f"{base}.switch_mlp.down_proj.weight")
-    return out
-
-
-def _llama4_hf(w: dict[str, mx.array]) -> dict[str, mx.array]:
-    """Llama 4's HF experts: gate_up_proj (E, D, 2I), down_proj (E, I, D): transposed."""
-    out = dict(w)
-    for n in [n for n in out if n.endswith("experts.gate_proj.weight")]:
-        base = n.removesuffix(".gate_proj.weight")
-        gate, up = out.pop(n), out.pop(f"{base}.up_proj.weight")
-        out[f"{base}.gate_up_proj"] = mx.concatenate(
-            [gate.swapaxes(1, 2), up.swapaxes(1, 2)], axis=-1
-        )
-        out[f"{base}.down_proj"] = out.pop(f"{base}.down_proj.weight").swapaxes(1, 2)
-    return out
-
-
-@pytest.mark.parametrize(("family", "to_hf"), [("qwen3_5_moe", _qwen35_hf), ("llama4", _llama4_hf)])
-def test_fused_hf_experts_pack_through_mlx_lm_sanitize(
-    generic: Callable[..., tuple[Path, Store]], tmp_path: Path, family: str, to_hf: Any
-) -> None:
-    """The seed model's HF layout fuses gate and up: sanitize's split (and Llama 4's transpose)
-    is read off the markers, and pack cuts each expert's slab the same way."""
-    ckpt, _ = generic(family)
-    src = tmp_path / "hf"
-    shutil.copytree(ckpt, src)
-    weights = to_hf(mx.load(str(src / "model.safetensors")))
-    mx.save_safetensors(str(src / "model.safetensors"), weights)
-    opened = open_checkpoint(src)
-    part = opened.expert_parts(opened.blocks[0], 3)[0]
-    assert part.index == 3 and part.view is not None and "gate_up_proj" in part.ref.name
-    store = pack(src, tmp_path / "store", progress=False)
-    ref = generate(load_reference(src), PROMPT, N_NEW, keep_logits=True)
-    with Engine(store, EngineConfig(prefetch="next_layer", cache_bytes=100_000)) as engine:
-        gen = engine.generate(PROMPT, N_NEW, keep_logits=True)
-    _same(gen, ref)
-
-
 def test_interleaved_expert_tensors_are_refused_naming_them() -> None:
     """gpt_oss's HF gate_up_proj interleaves gate and up rows: not a cut, so pack refuses."""
     model, _ = build_model("gpt_oss")
@@ -385,3 +332,17 @@ def test_hf_names_of_a_family_synth_does_not_write_are_not_guessed() -> None:
     assert fam == Family("gpt_oss") and not fam.has_hf_names
     with pytest.raises(UnsupportedModel, match="gpt_oss: HF per-expert key names are not known"):
         fam.hf_expert_key("model.layers.0.mlp", 0, "gate_proj")
+
+
+def test_hf_layout_only_where_the_names_are_known(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModel, match="HF key names of 'gpt_oss' are not known"):
+        synthesize(tmp_path / "g", "gpt_oss", layout="hf")
+    with pytest.raises(CheckpointError, match="layout must be 'mlx' or 'hf'"):
+        synthesize(tmp_path / "g", "minimax", layout="gguf")
+    assert not (tmp_path / "g").exists()
+    from engine.cli import main
+
+    assert main(["synth", str(tmp_path / "q"), "--family", "qwen3_5_moe", "--layout", "hf"]) == 0
+    assert open_checkpoint(tmp_path / "q").layout == "hf"
+    assert main(["synth", str(tmp_path / "m"), "--family", "mixtral", "--layout", "mlx"]) == 0
+    assert open_checkpoint(tmp_path / "m").layout == "stacked"

@@ -48,6 +48,7 @@ from typing import Any
 
 from autoresearch.errors import AutoresearchError, StudyFileError
 from autoresearch.space import Space, load_space
+from engine.synth_generic import SYNTH_FAMILIES  # every family engine synth builds
 from engine.tomlfile import read_toml
 
 # Numeric fields of the probe's metrics JSON: what objectives and constraints may name.
@@ -85,7 +86,6 @@ KEYS = {
     "probe": {"suite", "probe_command"},
     "fidelity": {"screen", "keep"},
 }  # fmt: skip
-SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")  # = engine.synth's
 SYNTH_PRESETS = ("tiny", "small", "bench")
 
 

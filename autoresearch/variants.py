@@ -48,7 +48,7 @@ class Variants:
         assert s is not None
         out = self.spec.work_dir / "models" / f"{s['family']}-{s['preset']}-s{s['seed']}"
         if not (out / "config.json").is_file():
-            from engine.synth import synthesize
+            from engine.synth_generic import synthesize_family as synthesize
 
             self.note(f"synthesizing {s['preset']} {s['family']} model into {out} (once)")
             try:

@@ -21,6 +21,7 @@ import mlx.core as mx
 
 from engine.config import EngineConfig
 from engine.errors import EngineError
+from engine.families import text_config
 from engine.generate import Generation
 from engine.machine import available_ram_bytes, fingerprint
 from engine.pagecache import evict_all
@@ -84,7 +85,7 @@ def bench(
 def _suite(store: Store, path: Path | None) -> Suite:
     from engine.run_cmd import has_tokenizer, load_tokenizer
 
-    vocab = int(store.config.get("vocab_size", 0))
+    vocab = int(text_config(store.config).get("vocab_size", 0))
     tok = load_tokenizer(store) if has_tokenizer(store) else None
     return load_suite(path or default_suite_path(store.root), vocab_size=vocab, tokenizer=tok)
 

@@ -9,14 +9,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from engine.checkpoint_checks import (
+    check_config,
+    check_experts,
+    check_no_extra_experts,
+    hf_key,
+    hf_source,
+)
 from engine.errors import CheckpointError
-from engine.families import Family, build_skeleton, family_for, moe_blocks
+from engine.families import (
+    Family,
+    build_skeleton,
+    expert_attr,
+    family_for,
+    get_top_k,
+    moe_blocks,
+    projections_of,
+)
+from engine.hf_experts import Source, View, expert_candidates, sanitize_map
+from engine.store import np_dtype
 
 # safetensors dtype code -> (store dtype name, itemsize); store names are engine.store's keys.
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -27,7 +45,6 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
     "U16": ("uint16", 2),
     "U8": ("uint8", 1),
 }
-FLOAT_DTYPES = ("bfloat16", "float16", "float32")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 INDEX = "model.safetensors.index.json"
 
@@ -52,23 +69,39 @@ class TensorRef:
 class ExpertPart:
     """One tensor of one expert: `ref` whole (HF) or its row `index` along axis 0 (stacked)."""
 
-    name: str  # "<mlx projection>.<weight|scales|biases>"
+    name: str  # "<mlx projection>.<weight|scales|biases|bias>"
     ref: TensorRef
     index: int | None  # None: the whole tensor is this expert's; else a slice of a stacked tensor
+    view: View | None = None  # fused HF tensors: the cut of that slab that is this tensor
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def slab_shape(self) -> tuple[int, ...]:
         return self.ref.shape if self.index is None else self.ref.shape[1:]
 
     @property
-    def nbytes(self) -> int:
+    def slab_nbytes(self) -> int:
         return self.ref.nbytes if self.index is None else self.ref.nbytes // self.ref.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.slab_shape if self.view is None else self.view.shape(self.slab_shape)
+
+    @property
+    def nbytes(self) -> int:
+        if self.view is None:
+            return self.slab_nbytes
+        return self.slab_nbytes * int(np.prod(self.shape)) // int(np.prod(self.slab_shape))
 
 
 @dataclass(frozen=True)
 class MoeBlock:
     layer: int
     path: str  # mlx-lm dotted path, e.g. model.layers.3.mlp
+    experts: str = "switch_mlp"  # attribute holding the stacked experts (gpt_oss: experts)
+
+    def stacked_key(self, proj: str, part: str = "weight") -> str:
+        """mlx-community name, e.g. model.layers.3.mlp.switch_mlp.up_proj.weight."""
+        return f"{self.path}.{self.experts}.{proj}.{part}"
 
 
 class Checkpoint:
@@ -87,6 +120,9 @@ class Checkpoint:
         layout: str,
         quant: dict[str, int] | None,
         fingerprint: str,
+        projections: tuple[str, ...] = (),
+        biased: bool = False,
+        hf_names: dict[str, list[Source]] | None = None,
     ) -> None:
         self.root = root
         self.config = config
@@ -99,6 +135,11 @@ class Checkpoint:
         self.layout = layout  # "hf" (per-expert tensors) or "stacked" (mlx switch_mlp)
         self.quant = quant  # {"bits", "group_size"} of a quantized stacked source, else None
         self.fingerprint = fingerprint
+        self.projections = projections or family.mlx_projections  # mlx names, on-disk order
+        self.biased = biased  # each projection has a per-expert `.bias` (gpt_oss)
+        # HF layout: stacked target -> per-expert source names, from mlx-lm's sanitize (None:
+        # the family's table names them).
+        self.hf_names = hf_names
         self._expert_names: set[str] = set()
         for b in blocks:
             for e in range(num_experts):
@@ -110,7 +151,8 @@ class Checkpoint:
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return ("weight", "scales", "biases") if self.quant else ("weight",)
+        parts = ("weight", "scales", "biases") if self.quant else ("weight",)
+        return (*parts, "bias") if self.biased else parts
 
     @property
     def dtype(self) -> str:
@@ -124,15 +166,23 @@ class Checkpoint:
     ) -> list[ExpertPart]:
         """One expert's tensors in mlx projection order (gate, up, down), weight/scales/biases."""
         out = []
-        for proj in self.family.mlx_projections:
+        for proj in self.projections:
             for part in parts or self.parts:
-                if self.layout == "hf":
-                    key = self.family.hf_expert_key(block.path, expert, proj, part)
+                if self.layout == "hf" and self.hf_names is not None:
+                    src = hf_source(self.hf_names, block, expert, proj, part, f"{self.root}: ")
+                    ref = self.tensors[src.name]
+                    out.append(ExpertPart(f"{proj}.{part}", ref, src.index, src.view))
+                elif self.layout == "hf":
+                    key = self.hf_key(block, expert, proj, part)
                     out.append(ExpertPart(f"{proj}.{part}", self.tensors[key], None))
                 else:
-                    key = self.family.stacked_key(block.path, proj, part)
+                    key = block.stacked_key(proj, part)
                     out.append(ExpertPart(f"{proj}.{part}", self.tensors[key], expert))
         return out
+
+    def hf_key(self, block: MoeBlock, expert: int, proj: str, part: str = "weight") -> str:
+        """Source name of one expert's tensor in an HF per-expert checkpoint."""
+        return hf_key(self.family, self.hf_names, block, expert, proj, part)
 
     def dense_names(self) -> list[str]:
         """Every tensor that is not a routed expert's, in file then offset order."""
@@ -145,7 +195,7 @@ class Checkpoint:
         if isinstance(part, TensorRef):
             ref, start, n = part, part.offset, part.nbytes
         else:
-            ref, n = part.ref, part.nbytes
+            ref, n = part.ref, part.slab_nbytes
             start = ref.offset + (0 if part.index is None else part.index * n)
         with open(ref.file, "rb") as f:
             f.seek(start)
@@ -155,6 +205,10 @@ class Checkpoint:
                 f"{ref.file}: tensor {ref.name} is truncated ({len(data)} of {n} bytes); "
                 "re-download or re-convert the checkpoint"
             )
+        if isinstance(part, ExpertPart) and part.view is not None:
+            # A fused HF tensor: cut this expert's part out of its slab (one slab in RAM).
+            slab = np.frombuffer(data, dtype=np_dtype(ref.dtype)).reshape(part.slab_shape)
+            return part.view.apply(slab).tobytes()
         return data
 
 
@@ -183,7 +237,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{root}: no such checkpoint directory")
     config, config_bytes = _load_config(root)
     family = family_for(config, source=str(root / "config.json"))
-    _check_config(root, config, family)
+    if family.has_hf_names:  # families synth writes: their config keys are known
+        check_config(root, config, family)
     files, index_bytes = _weight_files(root)
     tensors: dict[str, TensorRef] = {}
     h = hashlib.sha256(config_bytes + index_bytes)
@@ -207,21 +262,48 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     found = moe_blocks(skeleton)
     if not found:
         raise CheckpointError(f"{root / 'config.json'}: the model has no MoE layers")
-    blocks = [MoeBlock(layer, p) for layer, p, _ in found]
+    blocks = [MoeBlock(layer, p, expert_attr(b)) for layer, p, b in found]
     first = found[0][2]
-    top_k = family.get_top_k(first)
+    top_k = get_top_k(first)
+    experts = first[blocks[0].experts]
+    projections = projections_of(experts)
+    biased = "bias" in experts[projections[0]]
     shapes: dict[str, tuple[int, int]] = {}
     num_experts = 0
-    for proj in family.mlx_projections:
-        w = first["switch_mlp"][proj]["weight"]  # lazy (E, out, in); shape only, no eval
+    for proj in projections:
+        w = experts[proj]["weight"]  # lazy (E, out, in); shape only, no eval
         num_experts, out_dim, in_dim = w.shape
         shapes[proj] = (out_dim, in_dim)
 
-    stacked = any(".switch_mlp." in n for n in tensors)
+    stacked = blocks[0].stacked_key(projections[0]) in tensors
+    hf_names = None
+    if not stacked and not family.has_hf_names:
+        # No table for this family: mlx-lm's sanitize says which source tensor is which.
+        shapes_of = {n: r.shape for n, r in tensors.items()}
+        per = expert_candidates(shapes_of, num_experts)
+        candidates = set(per)
+        if not per:
+            raise CheckpointError(
+                f"{root}: no stacked expert tensor {blocks[0].stacked_key(projections[0])} and "
+                "no HF expert tensors (`...experts...`); is this a checkpoint of the model "
+                "config.json describes?"
+            )
+        parts = ("weight", "bias") if biased else ("weight",)
+        targets = [b.stacked_key(p, part) for b in blocks for p in projections for part in parts]
+        hf_names = sanitize_map(
+            skeleton,
+            {n: shapes_of[n] for n in per},
+            targets,
+            num_experts,
+            str(root),
+            {n: s for n, s in shapes_of.items() if n not in candidates},
+        )
     quant = _quantization(root, config) if stacked else None
     layout = "stacked" if stacked else "hf"
-    _check_experts(root, config, tensors, blocks, num_experts, shapes, layout, quant)
-    _check_no_extra_experts(root, config, tensors, blocks, num_experts)
+    check_experts(
+        root, tensors, blocks, num_experts, shapes, layout, quant, family, biased, hf_names
+    )
+    check_no_extra_experts(root, tensors, blocks, num_experts, family.num_experts_key)
     return Checkpoint(
         root,
         config,
@@ -234,6 +316,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         layout,
         quant,
         h.hexdigest(),
+        projections,
+        biased,
+        hf_names,
     )
 
 
@@ -251,21 +336,6 @@ def _load_config(root: Path) -> tuple[dict[str, Any], bytes]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{cpath}: must be a JSON object")
     return config, raw
-
-
-def _check_config(root: Path, config: dict[str, Any], family: Family) -> None:
-    """Catch the inconsistencies mlx-lm would turn into an obscure shape error later."""
-    src = root / "config.json"
-    keys = ("hidden_size", "num_hidden_layers", "vocab_size", family.num_experts_key)
-    for key in (*keys, "num_experts_per_tok"):
-        value = config.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"{src}: key {key!r} must be a positive integer, got {value!r}")
-    if config["num_experts_per_tok"] > config[family.num_experts_key]:
-        raise CheckpointError(
-            f"{src}: key 'num_experts_per_tok' ({config['num_experts_per_tok']}) exceeds "
-            f"{family.num_experts_key!r} ({config[family.num_experts_key]})"
-        )
 
 
 def _weight_files(root: Path) -> tuple[list[Path], bytes]:
@@ -310,99 +380,3 @@ def _quantization(root: Path, config: dict[str, Any]) -> dict[str, int] | None:
             "(only MLX affine); pack from the full-precision checkpoint"
         )
     return {"bits": bits, "group_size": gs}
-
-
-def _check_experts(
-    root: Path,
-    config: dict[str, Any],
-    tensors: dict[str, TensorRef],
-    blocks: list[MoeBlock],
-    num_experts: int,
-    shapes: dict[str, tuple[int, int]],
-    layout: str,
-    quant: dict[str, int] | None,
-) -> None:
-    """Every expert tensor present, float, and shaped as the config says; errors name it."""
-    family = family_for(config)
-    qconfig = config.get("quantization") or {}
-    for b in blocks:
-        for proj in family.mlx_projections:
-            out_dim, in_dim = shapes[proj]
-            if layout == "hf":
-                for e in range(num_experts):
-                    key = family.hf_expert_key(b.path, e, proj)
-                    ref = tensors.get(key)
-                    if ref is None:
-                        raise CheckpointError(
-                            f"{root}: layer {b.layer} expert {e} projection {proj}: tensor {key} "
-                            "is missing from the checkpoint"
-                        )
-                    _expect(ref, (out_dim, in_dim), FLOAT_DTYPES)
-                continue
-            expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]
-            if quant is None:
-                expected = {"weight": ((num_experts, out_dim, in_dim), FLOAT_DTYPES)}
-            else:
-                bits, gs = quant["bits"], quant["group_size"]
-                _check_uniform_quant(root, qconfig, b.path, proj, bits, gs)
-                groups = (num_experts, out_dim, in_dim // gs)
-                expected = {
-                    "weight": ((num_experts, out_dim, in_dim * bits // 32), ("uint32",)),
-                    "scales": (groups, FLOAT_DTYPES),
-                    "biases": (groups, FLOAT_DTYPES),
-                }
-            for part, (shape, dtypes) in expected.items():
-                key = family.stacked_key(b.path, proj, part)
-                ref = tensors.get(key)
-                if ref is None:
-                    raise CheckpointError(
-                        f"{root}: layer {b.layer} projection {proj}: stacked tensor {key} is "
-                        "missing from the checkpoint"
-                    )
-                _expect(ref, shape, dtypes)
-
-
-def _check_no_extra_experts(
-    root: Path,
-    config: dict[str, Any],
-    tensors: dict[str, TensorRef],
-    blocks: list[MoeBlock],
-    num_experts: int,
-) -> None:
-    """Experts beyond the config's count would silently land in dense/ and break loading."""
-    paths = {b.path for b in blocks}
-    key = family_for(config).num_experts_key
-    for name in tensors:
-        m = re.match(r"^(.*)\.experts\.(\d+)\.", name)
-        if m and m.group(1) in paths and int(m.group(2)) >= num_experts:
-            raise CheckpointError(
-                f"{root}: tensor {name} is expert {m.group(2)}, but config.json key {key!r} "
-                f"says {num_experts} experts; the config does not match the weights"
-            )
-
-
-def _check_uniform_quant(
-    root: Path, qconfig: dict[str, Any], block: str, proj: str, bits: int, gs: int
-) -> None:
-    """mlx-lm mixed recipes may quantize some expert projections differently; a store has one
-    expert layout, so those are refused rather than mis-read."""
-    over = qconfig.get(f"{block}.switch_mlp.{proj}")
-    if isinstance(over, dict) and (over.get("bits"), over.get("group_size")) != (bits, gs):
-        raise CheckpointError(
-            f"{root / 'config.json'}: key 'quantization' gives {block}.switch_mlp.{proj} "
-            f"{over.get('bits')} bits / group {over.get('group_size')}, unlike the other experts; "
-            "mixed expert quantization is not supported - pack from the full-precision checkpoint"
-        )
-
-
-def _expect(ref: TensorRef, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> None:
-    if ref.shape != shape:
-        raise CheckpointError(
-            f"{ref.file.name}: tensor {ref.name} has shape {list(ref.shape)}, expected "
-            f"{list(shape)} from config.json"
-        )
-    if ref.dtype not in dtypes:
-        raise CheckpointError(
-            f"{ref.file.name}: tensor {ref.name} has dtype {ref.st_dtype}, expected one of "
-            f"{', '.join(dtypes)}"
-        )

@@ -15,18 +15,37 @@ from engine.errors import EngineError
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """Write a synthetic HF-layout MoE checkpoint with planted routing structure.
+    """Write a synthetic MoE checkpoint with planted routing structure.
 
     Weights are random, routing is not: popularity skew, topic persistence across consecutive
     tokens and cross-layer predictability are planted so caches and prefetch behave as in real
     models. Presets: tiny (tests, a few MB), small (demo, ~400 MB), bench (GBs, I/O-bound).
+    Any family `families` lists as streaming can be built at tiny size (mlx-community layout, or
+    HF layout where its HF key names are known); the five HF families take every preset.
     """
-    from engine.synth import synthesize
+    from engine.synth_generic import synthesize_family
 
-    out = synthesize(
-        Path(args.out), family=args.family, preset=args.preset, seed=args.seed, force=args.force
+    out = synthesize_family(
+        Path(args.out),
+        family=args.family,
+        preset=args.preset,
+        seed=args.seed,
+        force=args.force,
+        layout=args.layout,
     )
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    """List every mlx-lm model type with a stacked-expert layer and whether it streams.
+
+    One line each: `streams (tested)` when the parity suite checks it against mlx-lm's own
+    float32 model, else why not yet. Read from the installed mlx-lm's model files.
+    """
+    from engine.families_list import render
+
+    print(render())
     return 0
 
 
@@ -96,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Handler) -> argparse.ArgumentParser:
         return add_command(sub, name, fn)
 
-    from engine.synth import SYNTH_FAMILIES
+    from engine.synth_generic import SYNTH_FAMILIES
 
     sp = add("synth", cmd_synth)
     sp.add_argument("out", help="output checkpoint directory")
@@ -104,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", default="tiny", choices=["tiny", "small", "bench"])
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    sp.add_argument(
+        "--layout",
+        choices=["hf", "mlx"],
+        help="hf: per-expert/fused HF tensors; mlx: stacked (mlx-community). Default: hf for "
+        "qwen3_moe, mixtral, deepseek_v3, qwen2_moe, olmoe; mlx for the others",
+    )
+
+    add("families", cmd_families)
 
     sp = add("pack", cmd_pack)
     sp.add_argument("model", help="HF or mlx-community checkpoint directory")

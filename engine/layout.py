@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
-from engine.families import moe_blocks
+from engine.families import get_experts, moe_blocks, set_experts, text_config
 
 # Fallback calibration when the source has no probe suite: a few seeded random prompts.
 RANDOM_PROMPTS = 8
@@ -26,7 +26,7 @@ RANDOM_PROMPT_LEN = 64
 
 
 class _Recorder(nn.Module):
-    """Stands in for a block's `switch_mlp`: records the routed expert ids, then runs it."""
+    """Stands in for a block's stacked experts: records the routed expert ids, then runs it."""
 
     def __init__(self, inner: nn.Module, sink: Callable[[np.ndarray], None]) -> None:
         super().__init__()
@@ -49,7 +49,7 @@ def calibration_prompts(ckpt: Checkpoint, seed: int = 0) -> list[list[int]]:
     if prompts:
         return prompts
     rng = np.random.default_rng(seed)
-    vocab = int(ckpt.config["vocab_size"])
+    vocab = int(text_config(ckpt.config)["vocab_size"])
     return [rng.integers(0, vocab, size=RANDOM_PROMPT_LEN).tolist() for _ in range(RANDOM_PROMPTS)]
 
 
@@ -108,8 +108,8 @@ def calibrate(
     routed: dict[int, list[np.ndarray]] = {}
     for layer, _path, block in moe_blocks(model):
         routed[layer] = []
-        block.switch_mlp = _Recorder(block.switch_mlp, routed[layer].append)
-    vocab = int(ckpt.config["vocab_size"])
+        set_experts(block, _Recorder(get_experts(block), routed[layer].append))
+    vocab = int(text_config(ckpt.config)["vocab_size"])
     for ids in prompts:
         if not ids:
             continue

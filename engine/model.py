@@ -2,7 +2,8 @@
 
 mlx-lm builds the skeleton from the store's config.json and loads the non-expert weights with
 its own `load_model` (sanitize, quantization, strict key check); our model class only swaps each
-`switch_mlp` for a parameterless StreamingSwitchGLU before the weights are loaded.
+stacked expert module (SwitchGLU/SwitchMLP, whatever its attribute name) for a parameterless
+StreamingSwitchGLU carrying the module's own activation before the weights are loaded.
 """
 
 from __future__ import annotations
@@ -12,13 +13,30 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.switch_layers import SwitchGLU
 from mlx_lm.utils import load_model
 
-from engine.errors import CheckpointError, ConfigError, StoreError
-from engine.families import Family, family_for, model_classes, moe_blocks
+from engine.errors import ConfigError, StoreError
+from engine.families import (
+    Family,
+    experts_count,
+    family_for,
+    get_experts,
+    model_classes,
+    moe_blocks,
+    projections_of,
+    set_experts,
+)
 from engine.store import Store
 from engine.streaming import StreamingSwitchGLU
+
+
+def streaming_twin(
+    layer: int, orig: nn.Module, quant: tuple[int, int] | None
+) -> StreamingSwitchGLU:
+    """A parameterless streaming block computing what the stacked module `orig` computes."""
+    block = StreamingSwitchGLU(layer, orig.activation, quant, projections_of(orig))
+    block._num_experts = experts_count(orig)  # plain attribute: not a parameter to load
+    return block
 
 
 def _streaming_classes(quant: tuple[int, int] | None):
@@ -30,14 +48,8 @@ def _streaming_classes(quant: tuple[int, int] | None):
         class StreamingModel(model_cls):  # type: ignore[misc, valid-type]
             def __init__(self, args: Any) -> None:
                 super().__init__(args)
-                for layer, path, block in moe_blocks(self):
-                    orig = block.switch_mlp
-                    if not isinstance(orig, SwitchGLU):
-                        raise CheckpointError(
-                            f"{path}.switch_mlp is {type(orig).__name__}; only SwitchGLU "
-                            "expert blocks can stream so far"
-                        )
-                    block.switch_mlp = StreamingSwitchGLU(layer, orig.activation, quant)
+                for layer, _path, block in moe_blocks(self):
+                    set_experts(block, streaming_twin(layer, get_experts(block), quant))
 
         StreamingModel.__name__ = f"Streaming{model_cls.__name__}"
         return StreamingModel, args_cls
@@ -71,7 +83,7 @@ def load_streaming_model(
 
 
 def streaming_blocks(model: nn.Module) -> list[StreamingSwitchGLU]:
-    return [block.switch_mlp for _, _, block in moe_blocks(model)]
+    return [get_experts(block) for _, _, block in moe_blocks(model)]
 
 
 def set_experts_per_token(model: nn.Module, family: Family, k: int, num_experts: int) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.checkpoint import Checkpoint, ExpertPart, open_checkpoint
 from engine.errors import CheckpointError
-from engine.families import moe_blocks
+from engine.families import get_experts, moe_blocks, set_experts
 from engine.generate import Generation, generate
 from engine.model import compute_dtype, load_streaming_model
 from engine.pagecache import evict_all
@@ -90,9 +90,11 @@ class NaiveStreaming:
         if self.ckpt.quant is not None:
             quant = (self.ckpt.quant["bits"], self.ckpt.quant["group_size"])
         for layer, _, block in moe_blocks(self.model):
-            fresh = StreamingSwitchGLU(layer, block.switch_mlp.activation, quant)
+            old = get_experts(block)
+            fresh = StreamingSwitchGLU(layer, old.activation, quant, old._projections)
+            fresh._num_experts = old._num_experts
             fresh.bind(self.provider, dtype)
-            block.switch_mlp = fresh
+            set_experts(block, fresh)
 
     @property
     def source_files(self) -> list[Path]:

@@ -164,7 +164,7 @@ def _expert_specs(ckpt: Checkpoint, quant: dict[str, Any]) -> list[dict[str, Any
         bits, gs, fdtype = quant["bits"], quant["group_size"], ckpt.dtype
         itemsize = np.dtype(np_dtype(fdtype)).itemsize
         entries = []
-        for proj in ckpt.family.mlx_projections:
+        for proj in ckpt.projections:
             out_dim, in_dim = ckpt.proj_shapes[proj]
             groups = (out_dim, in_dim // gs)
             entries += [
@@ -172,6 +172,11 @@ def _expert_specs(ckpt: Checkpoint, quant: dict[str, Any]) -> list[dict[str, Any
                 (f"{proj}.scales", groups, fdtype, itemsize),
                 (f"{proj}.biases", groups, fdtype, itemsize),
             ]
+            if ckpt.biased:  # the linear's bias stays float, as mlx-lm's to_quantized keeps it
+                bias = ckpt.expert_parts(ckpt.blocks[0], 0, parts=("bias",))
+                ref = next(p for p in bias if p.name == f"{proj}.bias").ref
+                size = np.dtype(np_dtype(ref.dtype)).itemsize
+                entries.append((f"{proj}.bias", (out_dim,), ref.dtype, size))
     else:
         entries = []
         for p in ckpt.expert_parts(ckpt.blocks[0], 0):
@@ -210,7 +215,7 @@ def _expert_tensors(
     """Yield the bytes of an expert's tensors in spec order, one source tensor at a time."""
     for p in parts:
         raw = ckpt.read(p)
-        if quant["requantize"]:
+        if quant["requantize"] and p.name.endswith(".weight"):
             yield from quantize_expert_tensor(
                 raw, p.shape, p.ref.dtype, quant["bits"], quant["group_size"]
             )
@@ -281,6 +286,12 @@ def _write_dense(ckpt: Checkpoint, tmp: Path) -> None:
     """Non-expert tensors, source names, into one safetensors file; plus config, tokenizer."""
     dense = tmp / "dense"
     dense.mkdir()
+    if ckpt.hf_names is not None:  # family without a key table: dense as mlx-lm sanitizes it
+        from engine.pack_dense import write_sanitized_dense
+
+        write_sanitized_dense(ckpt, dense / "model.safetensors", _write)
+        _copy_side_files(ckpt, dense)
+        return
     names = ckpt.dense_names()
     header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
     offset = 0
@@ -308,6 +319,11 @@ def _write_dense(ckpt: Checkpoint, tmp: Path) -> None:
                         raise CheckpointError(f"{r.file}: tensor {n} is truncated")
                     _write(out, chunk)
                     left -= len(chunk)
+    _copy_side_files(ckpt, dense)
+
+
+def _copy_side_files(ckpt: Checkpoint, dense: Path) -> None:
+    """config.json, tokenizer files and the probe suite travel with the dense weights."""
     shutil.copyfile(ckpt.root / "config.json", dense / "config.json")
     for name in TOKENIZER_FILES:
         if (ckpt.root / name).is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ProbeError
+from engine.families import text_config
 from engine.machine import fingerprint
 from engine.probe import METRICS, probe
 from engine.reference import get_reference
@@ -24,7 +25,8 @@ def probe_command(args: argparse.Namespace) -> int:
         raise ProbeError(f"--repeats must be >= 1, got {args.repeats}")
     tokenizer = load_tokenizer(store) if has_tokenizer(store) else None
     suite_path = Path(args.suite) if args.suite else default_suite_path(store.root)
-    suite = load_suite(suite_path, vocab_size=int(store.config["vocab_size"]), tokenizer=tokenizer)
+    vocab = int(text_config(store.config)["vocab_size"])  # nested in vision-language configs
+    suite = load_suite(suite_path, vocab_size=vocab, tokenizer=tokenizer)
     reference = None if args.no_quality else get_reference(store, suite, args.reference)
     out = probe(store, config, suite, cold=args.cold, repeats=args.repeats,
                 reference=reference, trace_path=args.trace)  # fmt: skip

@@ -51,12 +51,24 @@ class Provider(Protocol):
     def release(self) -> None: ...
 
 
-class StreamingSwitchGLU(nn.Module):
-    """Drop-in for SwitchGLU whose expert weights live in an expert store."""
+GLU_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # SwitchGLU: down(act(up, gate))
+MLP_PROJECTIONS = ("fc1", "fc2")  # SwitchMLP: fc2(act(fc1(x)))
 
-    def __init__(self, layer: int, activation: nn.Module, quant: tuple[int, int] | None) -> None:
+
+class StreamingSwitchGLU(nn.Module):
+    """Drop-in for SwitchGLU (or, with `projections=MLP_PROJECTIONS`, SwitchMLP) whose expert
+    weights live in an expert store. A projection's `.bias` (gpt_oss) is added when present."""
+
+    def __init__(
+        self,
+        layer: int,
+        activation: nn.Module,
+        quant: tuple[int, int] | None,
+        projections: tuple[str, ...] = GLU_PROJECTIONS,
+    ) -> None:
         super().__init__()
         self.activation = activation
+        self._projections = projections  # GLU (3) or plain MLP (2), as in mlx-lm's module
         # Plain attributes (not arrays/modules) so the block has no parameters to load.
         self._layer = layer
         self._quant = quant  # (bits, group_size) of the store's experts, None for 16-bit
@@ -70,6 +82,11 @@ class StreamingSwitchGLU(nn.Module):
         self._arena = arena
 
     def _linear(self, x: mx.array, w: Weights, proj: str) -> mx.array:
+        y = self._matmul(x, w, proj)
+        bias = w.get(f"{proj}.bias")  # (out,): SwitchLinear(bias=True), e.g. gpt_oss
+        return y if bias is None else y + bias
+
+    def _matmul(self, x: mx.array, w: Weights, proj: str) -> mx.array:
         # x: (n, in) -> (n, out); weight prepared as (in, out), or quantized (out, in*bits/32)
         if self._quant is None:
             return x @ w[f"{proj}.weight"]
@@ -85,6 +102,8 @@ class StreamingSwitchGLU(nn.Module):
         )
 
     def _expert(self, x: mx.array, w: Weights) -> mx.array:
+        if self._projections == MLP_PROJECTIONS:
+            return self._linear(self.activation(self._linear(x, w, "fc1")), w, "fc2")
         up = self._linear(x, w, "up_proj")
         gate = self._linear(x, w, "gate_proj")
         return self._linear(self.activation(up, gate), w, "down_proj")

@@ -214,14 +214,16 @@ def test_failed_baseline_is_measured_again_by_the_next_run(
 
 def test_every_family_the_engine_synthesizes_is_allowed(tmp_path: Path) -> None:
     from autoresearch.study_file import SYNTH_FAMILIES
-    from engine.synth import SYNTH_FAMILIES as ENGINE_FAMILIES
+    from engine.synth import SYNTH_FAMILIES as HF_FAMILIES
+    from engine.synth_generic import SYNTH_FAMILIES as ENGINE_FAMILIES
 
-    assert set(SYNTH_FAMILIES) == set(ENGINE_FAMILIES)
-    p = tmp_path / "s.toml"
-    p.write_text(
-        f'[study]\nspace = "{SPACES / "io.toml"}"\n[model]\nsynth = {{ family = "olmoe" }}\n'
-    )
-    assert load_study_file(p).synth == {"family": "olmoe", "preset": "tiny", "seed": 0}
+    assert set(SYNTH_FAMILIES) == set(ENGINE_FAMILIES) >= set(HF_FAMILIES)
+    for family in ("olmoe", "qwen3_5_moe", "gpt_oss"):
+        p = tmp_path / "s.toml"
+        p.write_text(
+            f'[study]\nspace = "{SPACES / "io.toml"}"\n[model]\nsynth = {{ family = "{family}" }}\n'
+        )
+        assert load_study_file(p).synth == {"family": family, "preset": "tiny", "seed": 0}
 
 
 @pytest.mark.parametrize(

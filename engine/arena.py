@@ -14,6 +14,7 @@ budget that shrinks the cache needs: a freed numpy buffer would stay in RSS).
 from __future__ import annotations
 
 import mmap
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,21 @@ def expert_layout(store: Store) -> tuple[np.ndarray, int]:
             fmt = K.FMT_BF16 if w.dtype == "bfloat16" else K.FMT_F32
         mats.append((fmt, o_dim, i_dim, gs))
     return K.layout_table(mats)
+
+
+def cpu_experts_unsupported(store: Store, blocks: list[Any]) -> str | None:
+    """Why the CPU kernels cannot compute these experts (None: they can). They do SwiGLU
+    experts (gate/up/down, no biases) at 2-8 or 16 bits; the rest stays on MLX's ops."""
+    from mlx_lm.models.switch_layers import SwiGLU
+
+    names = {t.name for t in store.expert_tensors}
+    allowed = {f"{p}.{part}" for p in PROJECTIONS for part in ("weight", "scales", "biases")}
+    if not names <= allowed or not all(f"{p}.weight" in names for p in PROJECTIONS):
+        return f"expert tensors {sorted(names - allowed) or sorted(names)} are not SwiGLU's"
+    acts = {type(b.activation).__name__ for b in blocks if type(b.activation) is not SwiGLU}
+    if acts:
+        return f"activation {', '.join(sorted(acts))} has no CPU kernel yet"
+    return None
 
 
 def slot_bytes(store: Store) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import mlx.core as mx
 
 from engine import kernels
-from engine.arena import ExpertArena, slot_bytes
+from engine.arena import ExpertArena, cpu_experts_unsupported, slot_bytes
 from engine.cache import ExpertCache
 from engine.config import EngineConfig
 from engine.cpu_linear import use_cpu_linears
@@ -127,11 +127,22 @@ class Engine:
                 "cache_policy lru or lfu for this store"
             )
         self.family = family_of(self.store)
-        self.compute_path = resolve_compute_path(config.compute_path)
-        cpu = self.compute_path == "cpu"
+        path = resolve_compute_path(config.compute_path)
+        dense_cpu = path == "cpu"
         dtype = compute_dtype(config.compute_dtype)
-        self.model, self.model_config = load_streaming_model(self.store, None if cpu else dtype)
-        if cpu:
+        self.model, self.model_config = load_streaming_model(
+            self.store, None if dense_cpu else dtype
+        )
+        why = cpu_experts_unsupported(self.store, streaming_blocks(self.model))
+        if why is not None and config.compute_path == "cpu":
+            raise ConfigError(
+                f"compute_path = 'cpu' cannot compute the experts of {self.store.root}: {why}; "
+                "use compute_path = 'auto' (MLX computes them) or 'mlx'"
+            )
+        cpu = dense_cpu and why is None  # experts on the CPU kernels too
+        # "cpu": every matrix on engine.kernels; "cpu+mlx-experts": dense layers only.
+        self.compute_path = path if cpu or not dense_cpu else "cpu+mlx-experts"
+        if dense_cpu:
             # Dense layers to the CPU kernels before the cast, so 16-bit weights stay 16-bit.
             self.dense_bytes = use_cpu_linears(self.model)
             self.model.set_dtype(mx.float32)
@@ -144,6 +155,7 @@ class Engine:
                 self.model, self.family, config.experts_per_token, self.store.num_experts
             )
         self.top_k = model_top_k(self.model, self.family)
+        self.arena_used = cpu
         self.files = [self.store.root / le.file for le in self.store.layers]
         self.dense_files = sorted(self.store.dense_dir.glob("*.safetensors"))
         cache_bytes, page_allowance = self._budget()
@@ -205,7 +217,7 @@ class Engine:
         """RAM one cached expert takes: an arena slot on the CPU path (engine.kernels layout);
         on the MLX path the decoded arrays (float32 compute doubles 16-bit weights, quantized
         experts are kept as stored: see streaming.prepare_weights)."""
-        if self.compute_path == "cpu":
+        if self.arena_used:
             return slot_bytes(self.store)
         data = sum(t.nbytes for t in self.store.expert_tensors)
         if self.config.compute_dtype == "float32" and self.store.bits >= 16:

@@ -77,22 +77,15 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     paired ratios to the baseline go to the study user attr confirmed_trial_<N>. show, export
     and report then use these figures. Original trial attrs (and samples) are left as they were.
     """
-    from autoresearch.confirm import confirm_study
+    from autoresearch.confirm import confirm_study, summary_lines
     from autoresearch.study_file import load_study_file
 
     spec = load_study_file(args.study)
     summary = confirm_study(spec, repeats=args.repeats)
-    first = spec.objectives[0][0]
-    for number, rec in summary.records.items():
-        before, after = rec["before"].get(first), rec["metrics"].get(first)
-        ratio = rec["ratio_to_baseline"].get(first)
-        moved = f"{before:.4g} -> " if before is not None else ""
-        now = f"{after:.4g} ± {rec['spread'].get(first, 0):.2g}" if after is not None else "n/a"
-        vs = f" (x{ratio:.3g} baseline)" if ratio is not None else ""
-        print(f"confirmed trial {number}: {first} {moved}{now}{vs}, {rec['repeats']} runs")
-    for f in summary.failures:
-        print(f"failed: {f}")
-    print(f"runs: {summary.runs}")
+    for line in summary_lines(spec, summary):
+        print(line)
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -107,29 +100,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     ratio to the baseline; `engine run` refuses the file on another store without --force.
     --format json writes the same content as JSON (for other tools; engine reads TOML).
     """
-    from autoresearch.export import Limits, export
+    from autoresearch import format as fmt
+    from autoresearch.export import Limits, baseline_warning, export, run_line
     from autoresearch.results import load_results
     from autoresearch.study_file import load_study_file
 
+    limits = Limits(max_memory=args.max_memory, max_kl=args.max_kl)  # refuses nan/inf first
     res = load_results(load_study_file(args.study))
     out = Path(args.output or f"tuned.{args.format}")
     f = export(
         res,
         out,
         pick=args.pick,
-        limits=Limits(max_memory=args.max_memory, max_kl=args.max_kl),
+        limits=limits,
         trial=args.trial,
         fmt=args.format,
         store=args.store,
         force=args.force,
     )
     print(f"exported: {out}")
+    print(f"store: {args.store or f.trial.user_attrs.get('store', '?')}")
     print(f"trial: {f.number} ({args.pick if args.trial is None else 'given'})")
+    print(f"baseline: {'yes (the untuned engine default)' if f.is_baseline else 'no'}")
     print(f"measurement: {f.note}")
     for m, _ in res.objectives:
         ratio = f.ratio.get(m)
-        vs = f" (x{ratio:.3g} baseline)" if ratio is not None else ""
+        vs = f" ({fmt.ratio(ratio)} baseline)" if ratio is not None else ""
         print(f"{m}: {f.fmt(m)}{vs}")
+    if args.format == "toml":
+        print(f"run it: {run_line(f, out)}")
+    warn = baseline_warning(res, f, args.pick if args.trial is None else f"--trial {f.number}")
+    if warn:
+        print(f"warning: {warn}", file=sys.stderr)
     return 0
 
 
@@ -217,7 +219,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(_parser().parse_args(argv), (AutoresearchError, EngineError))
+    from autoresearch.term import quiet_on_closed_pipe
+
+    args = _parser().parse_args(argv)
+    # `autoresearch status | head`: a closed pipe ends the command quietly, no traceback.
+    return quiet_on_closed_pipe(lambda: dispatch(args, (AutoresearchError, EngineError)))
 
 
 if __name__ == "__main__":

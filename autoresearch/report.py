@@ -46,7 +46,7 @@ def write_report(spec: StudySpec, out: Path) -> Path:
     parts, js_done = [], False
     for title, body in sections:
         if title:  # "" continues the previous section
-            parts.append(f"<h2>{html.escape(title)}</h2>")
+            parts.append(f"<h2 id='{_anchor(title)}'>{html.escape(title)}</h2>")
         if isinstance(body, str):
             parts.append(body)
             continue
@@ -85,6 +85,11 @@ def write_report(spec: StudySpec, out: Path) -> Path:
     )
     write_text(out, doc)
     return out
+
+
+def _anchor(title: str) -> str:
+    """'Knobs vs kl_mean' -> 'knobs-vs-kl_mean': a link target for each section."""
+    return "-".join("".join(c for c in title.lower() if c.isalnum() or c in " _-").split())
 
 
 def _groups(res: Results) -> list[tuple[str, list[Figures], dict[str, object]]]:
@@ -242,6 +247,8 @@ def optuna_figures(res: Results) -> list[tuple[str, Body]]:
             fig.update_layout(title=k, width=None, height=320, autosize=True,
                               margin={"l": 60, "r": 20, "t": 40, "b": 40})  # fmt: skip
             fig.update_xaxes(nticks=5, title=k)
+            if fig.layout.xaxis.type == "log":
+                fig.update_xaxes(dtick="D2")  # labels at 1, 2, 5 x 10^n only: not 9 digits
             fig.update_traces(marker={"showscale": False})
             figs.append(fig)
         out.append((f"Knobs vs {m}", figs))

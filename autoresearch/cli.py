@@ -60,7 +60,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show a study's trials done/failed/running, the best value per objective and noise floor."""
+    """Show a study's trials done/failed/running, the best value per objective and noise floor.
+
+    The figures are show's (confirmed where `confirm` re-measured them), in human units.
+    """
     from autoresearch.status import status_lines
     from autoresearch.study_file import load_study_file
 
@@ -76,6 +79,9 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     the baseline (B, T1, B, T2, ...) so drift hits both; medians, spreads, raw samples and
     paired ratios to the baseline go to the study user attr confirmed_trial_<N>. show, export
     and report then use these figures. Original trial attrs (and samples) are left as they were.
+    Prints "run N of M" with an ETA as it goes, and warns when a re-measured spread is well above
+    the study's noise floor (a busy machine). The confirmed figures also go to the study user
+    attr confirmed_table and optuna-dashboard's study note.
     """
     from autoresearch.confirm import confirm_study, summary_lines
     from autoresearch.study_file import load_study_file
@@ -93,12 +99,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a picked trial's EngineConfig TOML for `python -m engine run|probe --config`.
 
     --pick fastest (max decode_tok_s), smallest (min memory_bytes) or balanced (closest to
-    the utopia point, objectives scaled to [0, 1]); --trial N exports that trial. Limits
+    the utopia point, objectives scaled to [0, 1]; kl_mean gaps below 0.01 and speed/memory
+    gaps within the noise floor or spread count as ties); --trial N exports that trial. Limits
     (--max-memory, --max-kl) filter first; if no trial fits, the command fails naming the
     closest one. Confirmed figures are used where present. [provenance] records the study,
     trial, machine, model and store fingerprints, engine version and metrics with spread and
     ratio to the baseline; `engine run` refuses the file on another store without --force.
     --format json writes the same content as JSON (for other tools; engine reads TOML).
+    Prints the store, the trial, whether it is the baseline (with a warning: that is the
+    untuned default) and a ready-to-run `engine run` line. -o may be a symlink (written
+    through); a directory or special file (/dev/null) is refused.
     """
     from autoresearch import format as fmt
     from autoresearch.export import Limits, baseline_warning, export, run_line
@@ -139,8 +149,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Show what a study found: Pareto front, best per objective, importances, failures.
 
     Rich tables: the Pareto front with each metric's spread (confirmed figures where present),
-    the best trial per objective, knob importances per objective (Optuna's fANOVA), failures
-    grouped by reason, and the noise floor.
+    the best trial per objective, knob importances per objective (Optuna's fANOVA; marked rough
+    under 20 trials), failures grouped by reason, and the noise floor. Piped, tables are wide.
     """
     from autoresearch.show import show
     from autoresearch.study_file import load_study_file
@@ -161,6 +171,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Launch optuna-dashboard on the study's storage, bound to 127.0.0.1.
 
+    Objectives carry their metric names; the study's note says which figures are confirmed.
+    Ctrl-C, SIGTERM or the death of this command stops the dashboard too.
     Needs the optional dependency: pip install optuna-dashboard (or the `dashboard` extra).
     `optuna-dashboard sqlite:///studies/<name>.db` works directly as well.
     """

@@ -179,7 +179,7 @@ def _measure(
         template=spec.probe_command,
     )
     if result.error is not None:
-        errors.append(f"{result.error} (after {time.monotonic() - t0:.1f} s)")
+        errors.append(f"{result.error} (after {fmt.seconds(time.monotonic() - t0)})")
         return None
     return {
         m: float(v)

@@ -86,7 +86,7 @@ class Display:
         elapsed = fmt.seconds(time.monotonic() - self.trial_t0)
         t.add_row(plain("phase"), plain(f"{self.phase_name} ({elapsed} in this trial)"))
         for k, v in self.knobs.items():
-            t.add_row(plain(k), plain(f"{v:.4g}" if isinstance(v, float) else v))
+            t.add_row(plain(k), plain(_knob(v)))
         return t
 
     def _refresh(self) -> None:
@@ -118,7 +118,7 @@ class Display:
         self.trial_label = f"{number} (baseline)" if baseline else str(number)
         self.knobs, self.trial_t0, self.phase_name = dict(knobs), time.monotonic(), "starting"
         if not self.interactive:
-            shown = " ".join(f"{k}={v}" for k, v in knobs.items())
+            shown = " ".join(f"{k}={_knob(v)}" for k, v in knobs.items())
             self._line(f"trial: {self.trial_label} {shown}")
             return
         self._refresh()
@@ -161,6 +161,11 @@ class Display:
         self.front = table
         self.best_lines = best_lines(res)
         self._refresh()
+
+
+def _knob(v: Any) -> str:
+    """A sampled knob value: 0.151, not 0.1514475154617042."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def best_lines(res: Results) -> list[str]:

@@ -183,7 +183,8 @@ def test_live_display_prints_brackets_literally(spec: StudySpec, terminal: bool)
     study = open_study(spec)
     number = len(study.trials) - 1
     with Display(spec, n_trials=3, timeout_s=None, console=console) as d:
-        d.start_trial(number, {"io_mode": "[bold]x"}, baseline=False)
+        d.start_trial(number, {"io_mode": "[bold]x", "cache_fraction": 0.1514475154617042},
+                      baseline=False)  # fmt: skip
         d.phase("probing")
         d.note("pack said [/red] oops")
         d.trial_done(study, number, 1)
@@ -192,6 +193,7 @@ def test_live_display_prints_brackets_literally(spec: StudySpec, terminal: bool)
     assert "next:" in out and f"autoresearch confirm {spec.path}" in out
     if not terminal:
         assert f"failed: {number} {MARKUP}" in out and "phase: probing" in out
+        assert f"trial: {number} io_mode=[bold]x cache_fraction=0.151\n" in out
 
 
 def test_live_display_shows_phase_elapsed_and_best_vs_baseline(spec: StudySpec) -> None:

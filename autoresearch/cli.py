@@ -60,7 +60,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show a study's trials done/failed/running, the best value per objective and noise floor."""
+    """Show a study's trials done/failed/running, the best value per objective and noise floor.
+
+    The figures are show's (confirmed where `confirm` re-measured them), in human units.
+    """
     from autoresearch.status import status_lines
     from autoresearch.study_file import load_study_file
 
@@ -76,23 +79,19 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     the baseline (B, T1, B, T2, ...) so drift hits both; medians, spreads, raw samples and
     paired ratios to the baseline go to the study user attr confirmed_trial_<N>. show, export
     and report then use these figures. Original trial attrs (and samples) are left as they were.
+    Prints "run N of M" with an ETA as it goes, and warns when a re-measured spread is well above
+    the study's noise floor (a busy machine). The confirmed figures also go to the study user
+    attr confirmed_table and optuna-dashboard's study note.
     """
-    from autoresearch.confirm import confirm_study
+    from autoresearch.confirm import confirm_study, summary_lines
     from autoresearch.study_file import load_study_file
 
     spec = load_study_file(args.study)
     summary = confirm_study(spec, repeats=args.repeats)
-    first = spec.objectives[0][0]
-    for number, rec in summary.records.items():
-        before, after = rec["before"].get(first), rec["metrics"].get(first)
-        ratio = rec["ratio_to_baseline"].get(first)
-        moved = f"{before:.4g} -> " if before is not None else ""
-        now = f"{after:.4g} ± {rec['spread'].get(first, 0):.2g}" if after is not None else "n/a"
-        vs = f" (x{ratio:.3g} baseline)" if ratio is not None else ""
-        print(f"confirmed trial {number}: {first} {moved}{now}{vs}, {rec['repeats']} runs")
-    for f in summary.failures:
-        print(f"failed: {f}")
-    print(f"runs: {summary.runs}")
+    for line in summary_lines(spec, summary):
+        print(line)
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -100,36 +99,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a picked trial's EngineConfig TOML for `python -m engine run|probe --config`.
 
     --pick fastest (max decode_tok_s), smallest (min memory_bytes) or balanced (closest to
-    the utopia point, objectives scaled to [0, 1]); --trial N exports that trial. Limits
+    the utopia point, objectives scaled to [0, 1]; kl_mean gaps below 0.01 and speed/memory
+    gaps within the noise floor or spread count as ties); --trial N exports that trial. Limits
     (--max-memory, --max-kl) filter first; if no trial fits, the command fails naming the
     closest one. Confirmed figures are used where present. [provenance] records the study,
     trial, machine, model and store fingerprints, engine version and metrics with spread and
     ratio to the baseline; `engine run` refuses the file on another store without --force.
     --format json writes the same content as JSON (for other tools; engine reads TOML).
+    Prints the store, the trial, whether it is the baseline (with a warning: that is the
+    untuned default) and a ready-to-run `engine run` line. -o may be a symlink (written
+    through); a directory or special file (/dev/null) is refused.
     """
-    from autoresearch.export import Limits, export
+    from autoresearch import format as fmt
+    from autoresearch.export import Limits, baseline_warning, export, run_line
     from autoresearch.results import load_results
     from autoresearch.study_file import load_study_file
 
+    limits = Limits(max_memory=args.max_memory, max_kl=args.max_kl)  # refuses nan/inf first
     res = load_results(load_study_file(args.study))
     out = Path(args.output or f"tuned.{args.format}")
     f = export(
         res,
         out,
         pick=args.pick,
-        limits=Limits(max_memory=args.max_memory, max_kl=args.max_kl),
+        limits=limits,
         trial=args.trial,
         fmt=args.format,
         store=args.store,
         force=args.force,
     )
     print(f"exported: {out}")
+    print(f"store: {args.store or f.trial.user_attrs.get('store', '?')}")
     print(f"trial: {f.number} ({args.pick if args.trial is None else 'given'})")
+    print(f"baseline: {'yes (the untuned engine default)' if f.is_baseline else 'no'}")
     print(f"measurement: {f.note}")
     for m, _ in res.objectives:
         ratio = f.ratio.get(m)
-        vs = f" (x{ratio:.3g} baseline)" if ratio is not None else ""
+        vs = f" ({fmt.ratio(ratio)} baseline)" if ratio is not None else ""
         print(f"{m}: {f.fmt(m)}{vs}")
+    if args.format == "toml":
+        print(f"run it: {run_line(f, out)}")
+    warn = baseline_warning(res, f, args.pick if args.trial is None else f"--trial {f.number}")
+    if warn:
+        print(f"warning: {warn}", file=sys.stderr)
     return 0
 
 
@@ -137,8 +149,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Show what a study found: Pareto front, best per objective, importances, failures.
 
     Rich tables: the Pareto front with each metric's spread (confirmed figures where present),
-    the best trial per objective, knob importances per objective (Optuna's fANOVA), failures
-    grouped by reason, and the noise floor.
+    the best trial per objective, knob importances per objective (Optuna's fANOVA; marked rough
+    under 20 trials), failures grouped by reason, and the noise floor. Piped, tables are wide.
     """
     from autoresearch.show import show
     from autoresearch.study_file import load_study_file
@@ -159,6 +171,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Launch optuna-dashboard on the study's storage, bound to 127.0.0.1.
 
+    Objectives carry their metric names; the study's note says which figures are confirmed.
+    Ctrl-C, SIGTERM or the death of this command stops the dashboard too.
     Needs the optional dependency: pip install optuna-dashboard (or the `dashboard` extra).
     `optuna-dashboard sqlite:///studies/<name>.db` works directly as well.
     """
@@ -217,7 +231,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(_parser().parse_args(argv), (AutoresearchError, EngineError))
+    from autoresearch.term import quiet_on_closed_pipe
+
+    args = _parser().parse_args(argv)
+    # `autoresearch status | head`: a closed pipe ends the command quietly, no traceback.
+    return quiet_on_closed_pipe(lambda: dispatch(args, (AutoresearchError, EngineError)))
 
 
 if __name__ == "__main__":

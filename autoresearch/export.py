@@ -8,25 +8,37 @@ reads `provenance.store_fingerprint` and refuses the file on another store witho
 Picks: fastest (max decode_tok_s), smallest (min memory_bytes), balanced (shortest distance
 to the utopia point, each objective scaled to [0, 1] over the candidates), or --trial N.
 Once `confirm` has run, only confirmed trials compete (single runs are optimistic).
+
+`balanced` ignores differences nobody could act on: a kl_mean gap below KL_MEANINGFUL, and
+speed/memory gaps within the noise floor or the trials' own spread. Such a trial cannot win
+(or lose) on that objective alone.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
+from autoresearch import format as fmt
 from autoresearch.errors import AutoresearchError
-from autoresearch.results import Figures, Results, machine_summary, pareto
+from autoresearch.outfile import write_text
+from autoresearch.results import Figures, Results, dominates, machine_summary, pareto
 from engine.config import EngineConfig
 from engine.errors import EngineError
 from engine.store import Store
 
 PICKS = ("fastest", "smallest", "balanced")
+# Mean KL (nats) below which two configs' outputs count as equally good: 0.01 nats is about
+# a 1% change in next-token probabilities, under anything greedy decoding would show.
+KL_MEANINGFUL = 0.01
 
 
 class NoTrialFits(AutoresearchError):
@@ -37,6 +49,11 @@ class NoTrialFits(AutoresearchError):
 class Limits:
     max_memory: float | None = None
     max_kl: float | None = None
+
+    def __post_init__(self) -> None:
+        for flag, v in (("--max-memory", self.max_memory), ("--max-kl", self.max_kl)):
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise AutoresearchError(f"{flag} must be a finite number >= 0, got {v!r}")
 
     def checks(self) -> list[tuple[str, str, float]]:
         out = []
@@ -74,8 +91,9 @@ def pick_trial(res: Results, pick: str, limits: Limits, trial: int | None = None
     if not fits:
         known = [f for f in pool if limits.excess(f) is not None]
         closest = min(known, key=lambda f: limits.excess(f) or 0.0) if known else pool[0]
-        what = ", ".join(f"{flag} {lim:g}" for _, flag, lim in limits.checks())
-        got = ", ".join(f"{m}={closest.medians.get(m, float('nan')):.4g}"
+        what = ", ".join(f"{flag} {lim:g} ({fmt.metric(m, lim)})"
+                         for m, flag, lim in limits.checks())  # fmt: skip
+        got = ", ".join(f"{m}={fmt.metric(m, closest.medians.get(m))}"
                         for m, _, _ in limits.checks())  # fmt: skip
         if trial is not None:
             raise NoTrialFits(
@@ -93,7 +111,7 @@ def pick_trial(res: Results, pick: str, limits: Limits, trial: int | None = None
     if pick == "smallest":
         return _best(res, fits, "memory_bytes", "minimize")
     if pick == "balanced":
-        return balanced(fits, res.objectives)
+        return balanced(fits, res.objectives, tolerances(res, fits))
     raise AutoresearchError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
 
 
@@ -107,19 +125,65 @@ def _best(res: Results, fits: list[Figures], metric: str, direction: str) -> Fig
     return max(front, key=lambda f: (sign * f.medians[metric], -f.number))
 
 
-def balanced(fits: list[Figures], objectives: list[tuple[str, str]]) -> Figures:
-    """Closest to the utopia point (best of every objective), each scaled to [0, 1]."""
-    front = pareto(fits, objectives) or fits
-    objs = [(m, d) for m, d in objectives if all(m in f.medians for f in front)]
+def tolerances(res: Results, figs: list[Figures]) -> dict[str, float]:
+    """Per objective: the smallest difference that means something (see module doc)."""
+    floor = res.noise_floor()
+    out = {}
+    for m, _ in res.objectives:
+        vals = [abs(f.medians[m]) for f in figs if m in f.medians]
+        nf = floor.get(m, {})
+        tol = max(
+            float(nf.get("spread", 0.0)),
+            float(nf.get("relative", 0.0)) * (max(vals) if vals else 0.0),
+            max((f.spread.get(m, 0.0) for f in figs), default=0.0),
+        )
+        if m == "kl_mean":
+            tol = max(tol, KL_MEANINGFUL)
+        out[m] = tol
+    return out
+
+
+def _snap(figs: list[Figures], objectives: list[tuple[str, str]],
+          tol: dict[str, float]) -> dict[int, dict[str, float]]:  # fmt: skip
+    """Medians with every value within `tol` of the best set to the best: a difference the
+    noise (or KL_MEANINGFUL) cannot tell apart is no difference."""
+    out = {f.number: dict(f.medians) for f in figs}
+    for m, d in objectives:
+        have = [f for f in figs if m in f.medians]
+        if not have:
+            continue
+        pick = max if d == "maximize" else min
+        best = pick(f.medians[m] for f in have)
+        for f in have:
+            if abs(f.medians[m] - best) <= tol.get(m, 0.0):
+                out[f.number][m] = best
+    return out
+
+
+def balanced(
+    fits: list[Figures],
+    objectives: list[tuple[str, str]],
+    tol: dict[str, float] | None = None,
+) -> Figures:
+    """Closest to the utopia point (best of every objective), each scaled to [0, 1], on
+    figures whose insignificant differences (within `tol`) are erased first."""
+    snapped = _snap(fits, objectives, tol or {})
+    have = [f for f in fits if all(m in f.medians for m, _ in objectives)]
+    front = [
+        f for f in have
+        if not any(dominates(snapped[g.number], snapped[f.number], objectives)
+                   for g in have if g is not f)
+    ] or pareto(fits, objectives) or fits  # fmt: skip
+    objs = [(m, d) for m, d in objectives if all(m in snapped[f.number] for f in front)]
 
     def distance(f: Figures) -> float:
         total = 0.0
         for m, d in objs:
-            vals = [g.medians[m] for g in front]
+            vals = [snapped[g.number][m] for g in front]
             lo, hi = min(vals), max(vals)
             if hi == lo:
                 continue  # an objective nobody differs on cannot tell trials apart
-            x = (f.medians[m] - lo) / (hi - lo)
+            x = (snapped[f.number][m] - lo) / (hi - lo)
             total += (1.0 - x if d == "maximize" else x) ** 2
         return math.sqrt(total)
 
@@ -186,12 +250,13 @@ def check_store(res: Results, f: Figures, store: str | None, *, force: bool) -> 
         if want and have != want:
             problems.append(
                 f"--store {store} holds model {str(have)[:12]} but trial {f.number} was tuned "
-                f"on model {want[:12]}"
+                f"on store {ua.get('store')} (model {want[:12]})"
             )
     elif s is not None and s.fingerprint != ua.get("store_fingerprint"):
         problems.append(
-            f"store {target} was re-packed since trial {f.number} measured it (fingerprint "
-            f"{s.fingerprint[:12]} != {str(ua.get('store_fingerprint'))[:12]})"
+            f"store {target} was re-packed since trial {f.number} measured it (it expects "
+            f"that store as fingerprint {str(ua.get('store_fingerprint'))[:12]}, found "
+            f"{s.fingerprint[:12]}); re-run the study on it to re-measure"
         )
     if not problems:
         return
@@ -212,7 +277,10 @@ def export(
     store: str | None = None,
     force: bool = False,
 ) -> Figures:
-    """Write the picked trial's config + provenance to `out`; returns the trial's figures."""
+    """Write the picked trial's config + provenance to `out`; returns the trial's figures.
+
+    `out` may be a symlink (written through) but not a directory or special file.
+    """
     if out.is_dir():
         raise AutoresearchError(f"-o {out} is a directory; give a file, e.g. {out / 'tuned.toml'}")
     f = pick_trial(res, pick, limits, trial)
@@ -224,13 +292,39 @@ def export(
             f"{res.spec.path}: trial {f.number} has no stored config; export another trial"
         ) from None
     prov = provenance(res, f, pick if trial is None else f"trial {trial}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"engine": config.to_dict(), "provenance": prov}
     if fmt == "toml":
-        config.to_toml(out, extra_tables={"provenance": prov})
+        write_text(out, tomli_w.dumps(doc))
     elif fmt == "json":
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"engine": config.to_dict(), "provenance": prov}, indent=2))
-        tmp.replace(out)
+        write_text(out, json.dumps(doc, indent=2) + "\n")
     else:
         raise AutoresearchError(f"--format must be toml or json, got {fmt!r}")
     return f
+
+
+def run_line(f: Figures, config_path: Path) -> str:
+    """A ready-to-run `engine run` command for the exported config on the trial's store."""
+    store = str(f.trial.user_attrs.get("store") or "STORE")
+    prompt = "--prompt-ids 1,2,3"
+    try:
+        from engine.run_cmd import has_tokenizer
+
+        if has_tokenizer(Store.open(Path(store))):
+            prompt = "--prompt 'Hello'"
+    except (EngineError, OSError):
+        pass  # the store is gone or unreadable: token ids work on any store
+    return (
+        f"python -m engine run {shlex.quote(store)} --config {shlex.quote(str(config_path))} "
+        f"{prompt}"
+    )
+
+
+def baseline_warning(res: Results, f: Figures, pick: str) -> str | None:
+    """When the pick is the untuned engine default, say so: exporting it tunes nothing."""
+    if not f.is_baseline:
+        return None
+    return (
+        f"trial {f.number} is the baseline (the engine's default config): no tuned trial beats "
+        f"it for --pick {pick}, so this file is the untuned default. Run more trials, or "
+        f"export a tuned one with --trial N (see `autoresearch show {res.spec.path}`)"
+    )

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from autoresearch.display import Display
 from autoresearch.errors import AutoresearchError
+from autoresearch.optuna_view import label_study
 from autoresearch.storage import open_study, recover_abandoned, retry_attrs, worker_attrs
 from autoresearch.study_file import StudySpec
 from autoresearch.trial import ProbeResult, run_probe
@@ -62,6 +63,7 @@ def run_study(
     # Optuna's per-trial INFO lines would interleave with our display; warnings still show.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(spec)
+    label_study(study, spec)  # optuna-dashboard / `optuna` CLI show the metric names
     display = display or Display(spec, n_trials, timeout_s)
     for number in recover_abandoned(study):
         display.note(f"trial {number}: abandoned by a killed run; marked FAIL and re-enqueued")
@@ -72,6 +74,7 @@ def run_study(
         study.enqueue_trial(params, user_attrs={"baseline": True, "baseline_knobs": list(params)})
     variants = Variants(spec, progress=display.interactive, note=print)
     if spec.store_path is None:
+        display.phase("synthesizing")
         variants.model_dir()  # synthesize before the live display: synth has its own bar
     variants.note = display.note
     summary = RunSummary()
@@ -129,6 +132,7 @@ def _one_trial(
         # engine default so "tuned vs default" compares against what an untuned user gets.
         knobs = {**spec.space.fixed, **knobs}
     display.start_trial(trial.number, knobs, baseline)
+    display.phase("packing")
     try:
         store = variants.get(
             knobs.get("quant_bits"), knobs.get("quant_group_size"), knobs.get("layout")
@@ -147,6 +151,8 @@ def _one_trial(
         _fail(study, trial, f"config: {e}")
         return False
     trial.set_user_attr("config", config.to_dict())
+    if spec.screen == "trace" and not baseline:
+        display.phase("screening")
     if spec.screen == "trace" and not baseline and not _screen(spec, study, trial, store, config):
         display.note(f"trial {trial.number}: screened out by the trace simulator")
         return None
@@ -154,6 +160,7 @@ def _one_trial(
     trial.set_user_attr("store_fingerprint", store.fingerprint)
     required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
     repeats = max(spec.repeats, spec.baseline_repeats) if baseline else spec.repeats
+    display.phase("probing")
     result = run_probe(
         config,
         store=store.path,

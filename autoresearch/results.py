@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoresearch import format as fmt
 from autoresearch.errors import AutoresearchError
 from autoresearch.storage import open_study
 from autoresearch.study_file import METRICS, StudySpec
@@ -57,18 +58,7 @@ class Figures:
 
     def fmt(self, metric: str) -> str:
         """'median ± spread' for a table cell; '-' when the trial lacks the metric."""
-        v = self.medians.get(metric)
-        if v is None:
-            return "-"
-        s = self.spread.get(metric)
-        return f"{human(metric, v)} ± {human(metric, s)}" if s else human(metric, v)
-
-
-def human(metric: str, v: float) -> str:
-    """Bytes in MiB/GiB, other figures to 3-4 significant digits: short enough for a table."""
-    if metric.endswith("_bytes") or metric == "bytes_read_per_token":
-        return f"{v / 2**30:.2f} GiB" if abs(v) >= 2**30 else f"{v / 2**20:.1f} MiB"
-    return f"{v:.3g}" if abs(v) < 1e-2 else f"{v:.4g}"
+        return fmt.metric_pm(metric, self.medians.get(metric), self.spread.get(metric))
 
 
 @dataclass
@@ -103,6 +93,15 @@ class Results:
     def noise_floor(self) -> dict[str, dict[str, float]]:
         return dict(self.study.user_attrs.get("noise_floor") or {})
 
+    def best(self) -> dict[str, Figures | None]:
+        """Per objective: the feasible trial with the best median (confirmed where present)."""
+        out: dict[str, Figures | None] = {}
+        for m, d in self.objectives:
+            have = [f for f in self.figures if m in f.medians]
+            sign = 1.0 if d == "maximize" else -1.0
+            out[m] = max(have, key=lambda f: (sign * f.medians[m], -f.number)) if have else None
+        return out
+
     def near_front(self) -> list[Figures]:
         """The front plus trials the noise floor cannot tell apart from it.
 
@@ -124,15 +123,19 @@ class Results:
                 nf = floor.get(m, {})
                 slack = max(float(nf.get("spread", 0.0)), float(nf.get("relative", 0.0)) * abs(v))
                 shifted[m] = v + slack if d == "maximize" else v - slack
-            if not any(_dominates(g.medians, shifted, self.objectives) for g in front):
+            if not any(dominates(g.medians, shifted, self.objectives) for g in front):
                 keep.append(f)
         return keep
 
 
 def load_results(spec: StudySpec) -> Results:
     """Open the stored study (never creates one) and compute every trial's figures."""
-    study = open_study(spec, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return results_of(spec, open_study(spec, create=False))
+
+
+def results_of(spec: StudySpec, study: optuna.Study) -> Results:
+    """Every trial's figures of an open study (the live display reads a running one)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     attrs = study.user_attrs
     raw = [_figures(t, attrs.get(confirmed_key(t.number))) for t in trials]
@@ -150,12 +153,14 @@ def load_results(spec: StudySpec) -> Results:
 
 
 def pareto(figs: list[Figures], objectives: list[tuple[str, str]]) -> list[Figures]:
-    """Non-dominated subset; hand-written because Optuna's front only reads trial.values."""
+    """Non-dominated subset: THE Pareto front of every command (status, show, the live display,
+    export, report). Hand-written because Optuna's front only reads trial.values, not the
+    confirmed figures."""
     have = [f for f in figs if all(m in f.medians for m, _ in objectives)]
     return [
         f
         for f in have
-        if not any(_dominates(g.medians, f.medians, objectives) for g in have if g is not f)
+        if not any(dominates(g.medians, f.medians, objectives) for g in have if g is not f)
     ]
 
 
@@ -164,14 +169,14 @@ def machine_summary(machine: dict[str, Any]) -> str:
     parts = [
         str(machine.get("cpu_model") or "?"),
         f"{machine.get('cpu_count', '?')} cores",
-        f"{ram / 2**30:.0f} GiB RAM" if isinstance(ram, int | float) else "",
+        f"{fmt.nbytes(ram)} RAM" if isinstance(ram, int | float) else "",
         f"{machine.get('os', '')} {machine.get('kernel', '')}".strip(),
         f"disk {machine.get('disk_device') or '?'} ({machine.get('disk_fs') or '?'})",
     ]
     return ", ".join(p for p in parts if p)
 
 
-def _dominates(a: dict[str, float], b: dict[str, float], objectives: list[tuple[str, str]]) -> bool:
+def dominates(a: dict[str, float], b: dict[str, float], objectives: list[tuple[str, str]]) -> bool:
     better = False
     for m, d in objectives:
         x, y = a.get(m), b.get(m)

@@ -83,7 +83,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Generate greedily from a packed store, streaming experts under the config's budget."""
+    """Generate greedily from a packed store, streaming experts under the config's budget.
+
+    The store is evicted from the OS page cache at start, so the reported memory (peak RSS +
+    the store's pages in the page cache) counts only what this run brought in, never pages left
+    by an earlier run; each run therefore starts cold.
+    """
     from engine.run_cmd import run_command
 
     return run_command(args)

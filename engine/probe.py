@@ -2,7 +2,9 @@
 
 Each repeat opens a fresh Engine (empty engine cache); cold repeats first evict the store from
 the OS page cache, warm ones follow an unmeasured pass. Decode figures are sustained: each
-prompt's first `warmup_tokens` decode steps are excluded and the count is reported.
+prompt's first `warmup_tokens` decode steps are excluded and the count is reported; when that
+leaves no decode step (every prompt's decode_tokens <= warmup), decode_tok_s and the latencies
+are null, not 0.0: nothing was measured, and 0 s would rank best on a latency objective.
 `memory_bytes` = peak RSS + the store's pages in the page cache; in mmap mode mapped pages
 are in both, so it errs high (a budget it passes is met), never low.
 """
@@ -135,10 +137,10 @@ def measure_once(
     m: dict[str, Any] = {
         "ttft_s": float(np.median(ttfts)),
         "prefill_tok_s": prompt_tokens / prefill_s if prefill_s > 0 else 0.0,
-        "decode_tok_s": len(lat) / decode_s if decode_s > 0 else 0.0,
-        "latency_p50_s": float(np.percentile(lat, 50)) if lat else 0.0,
-        "latency_p99_s": float(np.percentile(lat, 99)) if lat else 0.0,
-        "latency_max_s": float(np.max(lat)) if lat else 0.0,
+        "decode_tok_s": len(lat) / decode_s if lat and decode_s > 0 else None,
+        "latency_p50_s": float(np.percentile(lat, 50)) if lat else None,
+        "latency_p99_s": float(np.percentile(lat, 99)) if lat else None,
+        "latency_max_s": float(np.max(lat)) if lat else None,
         # From storage over the whole run per token processed (prompt + generated): page-cache
         # hits are free, so cold and warm differ. The engine's own decode-phase demand follows.
         "bytes_read_per_token": (prefill.disk + decode.disk) / (prompt_tokens + tokens),

@@ -1,4 +1,8 @@
-"""`moe-engine run`: greedy generation from a store, printing tokens and a one-line summary."""
+"""`moe-engine run`: greedy generation from a store, printing tokens and a one-line summary.
+
+The store is evicted from the OS page cache at start, so the memory figure (RSS + the store's
+resident pages) is what this run needed, not pages an earlier run left behind.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from typing import Any
 
 from engine.config import EngineConfig, load_provenance
 from engine.errors import ConfigError
+from engine.pagecache import evict_all
+from engine.probe import store_files
 from engine.runtime import Engine, run_summary
 from engine.store import Store
 
@@ -32,11 +38,14 @@ def load_config(path: str | None, store: Store, *, force: bool) -> EngineConfig:
     if path is None:
         return EngineConfig()
     config = EngineConfig.from_toml(path)
-    tuned_for = load_provenance(path).get("provenance", {}).get("store_fingerprint")
+    prov = load_provenance(path).get("provenance", {})
+    tuned_for = prov.get("store_fingerprint")
     if tuned_for and tuned_for != store.fingerprint:
+        where = prov.get("store") or "another store"
         msg = (
-            f"{path} was tuned on store {tuned_for[:12]} but {store.root} is "
-            f"{store.fingerprint[:12]}; its figures may not hold here"
+            f"{path} was tuned on store {where} (fingerprint {str(tuned_for)[:12]}) but "
+            f"{store.root} is {store.fingerprint[:12]}; run it on {where}, or its figures may "
+            "not hold here"
         )
         if not force:
             raise ConfigError(msg + " (pass --force to run it anyway)")
@@ -70,6 +79,8 @@ def run_command(args: argparse.Namespace) -> int:
         prompt = parse_ids(args.prompt_ids)
     if args.max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    # Pages an earlier run left cached would count as this run's memory (and hide its reads).
+    evict_all(store_files(store))
     with Engine(store, config) as engine:
         eos = None
         if tokenizer is not None and getattr(tokenizer, "eos_token_ids", None):

@@ -82,18 +82,21 @@ class KernelClock:
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.by_kernel: dict[str, float] = {}
         self._orig = {name: getattr(K, name) for name in ("expert_ffn", "linear")}
 
     def __enter__(self) -> KernelClock:
         for name, fn in self._orig.items():
-            setattr(K, name, self._timed(fn))
+            setattr(K, name, self._timed(name, fn))
         return self
 
-    def _timed(self, fn):  # type: ignore[no-untyped-def]
+    def _timed(self, name, fn):  # type: ignore[no-untyped-def]
         def run(*args):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             fn(*args)
-            self.seconds += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.seconds += dt
+            self.by_kernel[name] = self.by_kernel.get(name, 0.0) + dt
 
         return run
 
@@ -120,6 +123,7 @@ def all_cached(store: Store, prompts: list[list[int]], tokens: int, warmup: int)
             "decode_tok_s": len(lat) / sum(lat),
             "ttft_s": statistics.median(ttfts),
             "kernel_share": kc.seconds / wall,
+            "expert_share": kc.by_kernel.get("expert_ffn", 0.0) / wall,
             "io_wait_share": (c1["read_wait_s"] - c0["read_wait_s"]) / wall,
             "hit_rate": (c1["cache_hits"] - c0["cache_hits"])
             / max(c1["expert_requests"] - c0["expert_requests"], 1),
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag}_roofline_tok_s: {roof:.1f}")
         print(f"{tag}_all_cached_decode_tok_s: {r['decode_tok_s']:.2f}")
         print(f"{tag}_roofline_ratio: {r['decode_tok_s'] / roof:.3f}")
-        print(f"{tag}_time_share_kernels: {r['kernel_share']:.2f}")
+        print(f"{tag}_time_share_kernels: {r['kernel_share']:.2f}  "
+              f"(experts {r['expert_share']:.2f}, dense {r['kernel_share'] - r['expert_share']:.2f})")  # fmt: skip
         print(f"{tag}_time_share_io_wait: {r['io_wait_share']:.2f}")
         print(f"{tag}_time_share_other: {1 - r['kernel_share'] - r['io_wait_share']:.2f}"
               "  (MLX ops: attention, norms, routing; Python)")  # fmt: skip

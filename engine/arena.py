@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine import kernels as K
-from engine.errors import StoreError
+from engine.errors import MemoryBudgetError, StoreError
 from engine.store import Store, TensorSpec
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # order of the kernels' matrix table
@@ -81,7 +81,13 @@ class ExpertArena:
         self.cache_slots, self.work_slots = cache_slots, work_slots
         n = cache_slots + work_slots
         # Pages are faulted in lazily: RSS grows only with the slots actually used.
-        self._map = mmap.mmap(-1, max(n * self.slot_bytes, mmap.PAGESIZE))
+        try:
+            self._map = mmap.mmap(-1, max(n * self.slot_bytes, mmap.PAGESIZE))
+        except OSError as e:
+            raise MemoryBudgetError(
+                f"cannot reserve {n} expert slots of {self.slot_bytes:,} bytes ({e.strerror}); "
+                "lower cache_bytes"
+            ) from e
         self.data = np.frombuffer(self._map, np.uint8)[: n * self.slot_bytes]
         self.data = self.data.reshape(n, self.slot_bytes)
         self._free = list(range(n - 1, -1, -1))

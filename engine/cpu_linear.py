@@ -33,6 +33,14 @@ class CpuLinear(nn.Module):
         self._in, self._out = int(table[0, K.M_IN]), int(table[0, K.M_O])
 
     @property
+    def input_dims(self) -> int:
+        return self._in
+
+    @property
+    def output_dims(self) -> int:
+        return self._out
+
+    @property
     def nbytes(self) -> int:
         return int(self._buf.nbytes + (self._bias.nbytes if self._bias is not None else 0))
 

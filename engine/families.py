@@ -20,6 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
 
+from engine.cpu_linear import CpuLinear
 from engine.errors import UnsupportedModel
 from engine.streaming import GLU_PROJECTIONS, MLP_PROJECTIONS, StreamingSwitchGLU
 
@@ -82,6 +83,8 @@ def _router(block: nn.Module, num_experts: int) -> nn.Module:
             for _, sub in [("", m), *m.named_modules()]:
                 w = sub.get("weight")
                 rows = w.shape[0] if isinstance(w, mx.array) and w.ndim == 2 else 0
+                if isinstance(sub, CpuLinear):  # swapped for the CPU kernels: same projection
+                    rows = sub.output_dims
                 if rows == num_experts or (not exact and rows > num_experts):
                     return sub
     raise UnsupportedModel(f"{type(block).__name__}: no router with {num_experts} outputs")
@@ -94,7 +97,7 @@ def router_scores(block: nn.Module, x: mx.array) -> mx.array:
     num_experts = experts_count(experts, block)
     gate = _router(block, num_experts)
     # A Linear router is called; deepseek's MoEGate has a bare (E, D) weight.
-    linear = isinstance(gate, nn.Linear | nn.QuantizedLinear)
+    linear = isinstance(gate, nn.Linear | nn.QuantizedLinear | CpuLinear)
     scores = gate(x) if linear else x @ gate["weight"].T
     for holder in (gate, block.get("gate"), block.get("router")):
         bias = holder.get("e_score_correction_bias") if isinstance(holder, nn.Module) else None

@@ -174,7 +174,7 @@ class Engine:
         # CPU path: experts live in arena slots; the cache owns some, the layer being computed
         # borrows up to top_k more (a prompt's experts go through in groups of that size).
         self.arena = (
-            ExpertArena(self.store, cache_bytes // self.entry_bytes, self.top_k) if cpu else None
+            ExpertArena(self.store, self._cache_slots(cache_bytes), self.top_k) if cpu else None
         )
         self.cache = ExpertCache(
             cache_bytes,
@@ -255,6 +255,11 @@ class Engine:
         # Whatever the engine cache leaves is what the OS may keep of the store's pages.
         allowance = headroom - cache + floor
         return cache, allowance
+
+    def _cache_slots(self, cache_bytes: int) -> int:
+        """Arena slots the cache may own: what cache_bytes pays for, at most every expert."""
+        every = self.store.num_experts * len(self.store.layers)
+        return min(cache_bytes // self.entry_bytes, every)
 
     def _hot_keys(self) -> list[tuple[int, int]] | None:
         profile = self.store.profile()

@@ -24,6 +24,7 @@ from engine.errors import EngineError
 from engine.generate import Generation
 from engine.machine import available_ram_bytes, fingerprint
 from engine.pagecache import evict_all
+from engine.shapes import open_for_run
 from engine.store import Store
 from engine.suite import Suite, default_suite_path, load_suite
 
@@ -59,7 +60,7 @@ def bench(
     """One bench run -> {"rows", "ratios", "roofline", "machine", "suite", "config"}."""
     from engine.naive import source_path
 
-    store = Store.open(store_path)
+    store = open_for_run(store_path)
     config = config or EngineConfig()
     suite = _suite(store, suite_path)
     src = source or source_path(store)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import CheckpointError
 from engine.families import Family, build_skeleton, family_for, moe_blocks
+from engine.stheader import read_safetensors_header
 
 # safetensors dtype code -> (store dtype name, itemsize); store names are engine.store's keys.
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -158,24 +158,6 @@ class Checkpoint:
         return data
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int, bytes]:
-    """(header dict, absolute offset of the data section, raw header bytes)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise CheckpointError(f"{path}: too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            size = path.stat().st_size
-            if n > size - 8:
-                raise CheckpointError(f"{path}: safetensors header length {n} exceeds file size")
-            raw = f.read(n)
-        header = json.loads(raw)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    return header, 8 + n, raw
-
-
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Validate config, weights and every expert tensor of a checkpoint dir; read no data."""
     root = Path(path)
@@ -274,7 +256,9 @@ def _weight_files(root: Path) -> tuple[list[Path], bytes]:
         raw = index.read_bytes()
         try:
             weight_map = json.loads(raw)["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
+            if not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map values must be file names")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from e
         files = sorted({root / f for f in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +26,7 @@ from engine import layout as layout_mod
 from engine.checkpoint import Checkpoint, ExpertPart, open_checkpoint
 from engine.config import ALIGN, LAYOUTS, QUANT_BITS, QUANT_GROUP_SIZES
 from engine.errors import CheckpointError, ConfigError, EngineError, StoreError, StoreExists
+from engine.manifest import new_hasher
 from engine.store import FORMAT, FORMAT_VERSION, MANIFEST, Store, np_dtype
 
 TENSOR_ALIGN = 64  # inside an expert: lets a reader view each tensor without a copy
@@ -110,7 +110,7 @@ def pack(
         if counts is not None:
             profile = {"counts": {str(k): v.tolist() for k, v in counts.items()}}
             (tmp / "profile.json").write_text(json.dumps(profile))
-        manifest = _manifest(ckpt, quant, layout, specs, layers)
+        manifest = _manifest(ckpt, quant, layout, specs, layers, _dense_files(tmp / "dense"))
         # The manifest goes last: a dir with a manifest is a complete store.
         with open(tmp / MANIFEST, "wb") as f:
             _write(f, json.dumps(manifest, indent=1).encode())
@@ -244,7 +244,7 @@ def _write_experts(
             with open(tmp / rel, "wb") as f:
                 for pos, eid in enumerate(orders[block.layer]):
                     parts = ckpt.expert_parts(block, eid)
-                    crc, written = 0, 0
+                    h, written = new_hasher(), 0
                     for spec, data in zip(specs, _expert_tensors(ckpt, parts, quant), strict=True):
                         if len(data) != spec["nbytes"]:
                             raise StoreError(
@@ -254,14 +254,14 @@ def _write_experts(
                         gap = b"\0" * (spec["offset"] - written)
                         for chunk in (gap, data):
                             _write(f, chunk)
-                            crc = zlib.crc32(chunk, crc)
+                            h.update(chunk)
                         written = spec["offset"] + len(data)
                     _write(f, b"\0" * (span - written))
                     experts[eid] = {
                         "offset": pos * span,
                         "nbytes": nbytes,
                         "span": span,
-                        "checksum": f"{crc:08x}",
+                        "checksum": h.hexdigest(),
                     }
                     bar.advance(task)
             layers.append(
@@ -316,12 +316,25 @@ def _write_dense(ckpt: Checkpoint, tmp: Path) -> None:
         shutil.copyfile(ckpt.root / "probe_suite.toml", dense / "probe_suite.toml")
 
 
+def _dense_files(dense: Path) -> dict[str, Any]:
+    """Size and checksum of every file in dense/, so `verify` covers the non-expert bytes too."""
+    out = {}
+    for f in sorted(dense.iterdir()):
+        h = new_hasher()
+        with open(f, "rb") as src:
+            while chunk := src.read(COPY_CHUNK):
+                h.update(chunk)
+        out[f.name] = {"size": f.stat().st_size, "checksum": h.hexdigest()}
+    return out
+
+
 def _manifest(
     ckpt: Checkpoint,
     quant: dict[str, Any],
     layout: str,
     specs: list[dict[str, Any]],
     layers: list[dict[str, Any]],
+    dense: dict[str, Any],
 ) -> dict[str, Any]:
     variant = {
         "bits": quant["bits"],
@@ -341,6 +354,7 @@ def _manifest(
         "align": ALIGN,
         "expert_tensors": specs,
         "layers": layers,
+        "dense": dense,
         "fingerprint": fp.hexdigest(),
         "source": {
             "path": str(ckpt.root.resolve()),

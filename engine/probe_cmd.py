@@ -13,12 +13,12 @@ from engine.machine import fingerprint
 from engine.probe import METRICS, probe
 from engine.reference import get_reference
 from engine.run_cmd import has_tokenizer, load_config, load_tokenizer
-from engine.store import Store
+from engine.shapes import open_for_run
 from engine.suite import default_suite_path, load_suite
 
 
 def probe_command(args: argparse.Namespace) -> int:
-    store = Store.open(Path(args.store))
+    store = open_for_run(Path(args.store))
     config = load_config(args.config, store, force=args.force)
     if args.repeats < 1:
         raise ProbeError(f"--repeats must be >= 1, got {args.repeats}")

@@ -12,6 +12,7 @@ from typing import Any
 from engine.config import EngineConfig, load_provenance
 from engine.errors import ConfigError
 from engine.runtime import Engine, run_summary
+from engine.shapes import open_for_run
 from engine.store import Store
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -55,7 +56,7 @@ def parse_ids(text: str) -> list[int]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    store = Store.open(Path(args.store))
+    store = open_for_run(Path(args.store))
     config = load_config(args.config, store, force=args.force)
     tokenizer = None
     if args.prompt is not None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from engine.config import ALIGN, LAYOUTS, QUANT_BITS, QUANT_GROUP_SIZES
 from engine.errors import CheckpointError, ConfigError, EngineError, StoreError, StoreExists
 from engine.manifest import new_hasher
 from engine.store import FORMAT, FORMAT_VERSION, MANIFEST, Store, np_dtype
+from engine.tmpdirs import make_tmp
 
 TENSOR_ALIGN = 64  # inside an expert: lets a reader view each tensor without a copy
 COPY_CHUNK = 16 << 20  # dense tensors are copied in chunks of this size
@@ -90,8 +90,14 @@ def pack(
     quant = _quant_plan(ckpt, bits, group_size)
     specs = _expert_specs(ckpt, quant)
 
-    store_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{store_dir.name}.tmp-", dir=store_dir.parent))
+    try:
+        store_dir.parent.mkdir(parents=True, exist_ok=True)
+        # <store>.tmp-<pid>-XXXX: a pack killed with -9 leaves it; the next pack removes it.
+        tmp = make_tmp(store_dir.parent, f"{store_dir.name}.tmp-")
+    except OSError as e:
+        raise StoreError(
+            f"{store_dir}: cannot create it ({e.strerror or e}); is a parent a file?"
+        ) from None
     try:
         counts: dict[int, np.ndarray] | None = None
         orders = {b.layer: list(range(ckpt.num_experts)) for b in ckpt.blocks}

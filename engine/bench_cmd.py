@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 
 from engine.config import EngineConfig
-from engine.errors import EngineError
+from engine.errors import CheckpointError, EngineError
 from engine.generate import Generation
 from engine.machine import available_ram_bytes, fingerprint
 from engine.pagecache import evict_all
@@ -60,6 +60,9 @@ def bench(
     """One bench run -> {"rows", "ratios", "roofline", "machine", "suite", "config"}."""
     from engine.naive import source_path
 
+    if source is not None and not (source / "config.json").is_file():
+        # Asked for by name: skipping its rows silently would hide the typo.
+        raise CheckpointError(f"--source {source}: not a checkpoint directory (no config.json)")
     store = open_for_run(store_path)
     config = config or EngineConfig()
     suite = _suite(store, suite_path)

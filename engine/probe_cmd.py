@@ -22,6 +22,13 @@ def probe_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, store, force=args.force)
     if args.repeats < 1:
         raise ProbeError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.trace:
+        # Checked before the run, not after it: a long probe must not be lost to a typo.
+        folder = Path(args.trace).parent
+        if not folder.is_dir():
+            raise ProbeError(f"--trace {args.trace}: folder {folder} does not exist; create it")
+        if Path(args.trace).is_dir():
+            raise ProbeError(f"--trace {args.trace}: is a directory; give a file name (.npz)")
     tokenizer = load_tokenizer(store) if has_tokenizer(store) else None
     suite_path = Path(args.suite) if args.suite else default_suite_path(store.root)
     suite = load_suite(suite_path, vocab_size=int(store.config["vocab_size"]), tokenizer=tokenizer)

@@ -30,6 +30,8 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
 FLOAT_DTYPES = ("bfloat16", "float16", "float32")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 INDEX = "model.safetensors.index.json"
+MLX_QUANT_BITS = (2, 3, 4, 5, 6, 8)  # what mx.quantize supports
+MLX_GROUP_SIZES = (32, 64, 128)
 
 
 @dataclass(frozen=True)
@@ -161,11 +163,13 @@ class Checkpoint:
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Validate config, weights and every expert tensor of a checkpoint dir; read no data."""
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise CheckpointError(f"{root}: is not a directory; a checkpoint is a directory")
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint directory")
     config, config_bytes = _load_config(root)
     family = family_for(config, source=str(root / "config.json"))
-    _check_config(root, config, family)
+    check_model_config(config, family, root / "config.json")
     files, index_bytes = _weight_files(root)
     tensors: dict[str, TensorRef] = {}
     h = hashlib.sha256(config_bytes + index_bytes)
@@ -185,7 +189,14 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                 name, file, data_start + begin, end - begin, tuple(info["shape"]), info["dtype"]
             )
 
-    skeleton = build_skeleton(config, source=str(root / "config.json"))
+    try:
+        skeleton = build_skeleton(config, source=str(root / "config.json"))
+    except CheckpointError:
+        raise
+    except Exception as e:  # mlx-lm's constructors assume a sane config; any failure is its
+        raise CheckpointError(
+            f"{root / 'config.json'}: inconsistent model config ({type(e).__name__}: {e})"
+        ) from None
     found = moe_blocks(skeleton)
     if not found:
         raise CheckpointError(f"{root / 'config.json'}: the model has no MoE layers")
@@ -232,22 +243,38 @@ def _load_config(root: Path) -> tuple[dict[str, Any], bytes]:
         raise CheckpointError(f"{cpath}: not valid JSON ({e})") from e
     if not isinstance(config, dict):
         raise CheckpointError(f"{cpath}: must be a JSON object")
+    if not isinstance(config.get("model_type", ""), str):
+        raise CheckpointError(f"{cpath}: key 'model_type' must be a string")
     return config, raw
 
 
-def _check_config(root: Path, config: dict[str, Any], family: Family) -> None:
-    """Catch the inconsistencies mlx-lm would turn into an obscure shape error later."""
-    src = root / "config.json"
+def check_model_config(config: dict[str, Any], family: Family, src: Path) -> None:
+    """Catch the inconsistencies mlx-lm would turn into an obscure error (or a traceback) later."""
     keys = ("hidden_size", "num_hidden_layers", "vocab_size", family.num_experts_key)
     for key in (*keys, "num_experts_per_tok"):
         value = config.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise CheckpointError(f"{src}: key {key!r} must be a positive integer, got {value!r}")
+    for key, value in config.items():
+        # MLX shapes are int32: a larger dimension overflows inside mlx-lm's constructors.
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**31:
+            raise CheckpointError(f"{src}: key {key!r} = {value} is too large (>= 2**31)")
     if config["num_experts_per_tok"] > config[family.num_experts_key]:
         raise CheckpointError(
             f"{src}: key 'num_experts_per_tok' ({config['num_experts_per_tok']}) exceeds "
             f"{family.num_experts_key!r} ({config[family.num_experts_key]})"
         )
+    q = config.get("quantization")
+    if q is not None:
+        ok = isinstance(q, dict) and all(
+            isinstance(q.get(k), int) and not isinstance(q.get(k), bool) and q.get(k) in allowed
+            for k, allowed in (("bits", MLX_QUANT_BITS), ("group_size", MLX_GROUP_SIZES))
+        )
+        if not ok:
+            raise CheckpointError(
+                f"{src}: key 'quantization' needs integer bits in {MLX_QUANT_BITS} and "
+                f"group_size in {MLX_GROUP_SIZES}, got {q!r}"
+            )
 
 
 def _weight_files(root: Path) -> tuple[list[Path], bytes]:

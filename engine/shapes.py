@@ -8,15 +8,15 @@ and biases (out, in/group_size).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.checkpoint import check_model_config
 from engine.errors import EngineError, StoreCorrupt
 from engine.families import build_skeleton, family_for, moe_blocks
 from engine.manifest import FLOAT_DTYPES
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from engine.store import Store
 
 
@@ -37,10 +37,13 @@ def open_for_run(path: str | Path) -> Store:
 def expert_shape_problems(store: Store, config: dict[str, Any]) -> list[str]:
     src = str(store.dense_dir / "config.json")
     try:
+        if not isinstance(config.get("model_type"), str):
+            return [f"{src}: key 'model_type' must be a string"]
         family = family_for(config, source=src)
+        check_model_config(config, family, Path(src))
         blocks = moe_blocks(build_skeleton(config, source=src))
     except EngineError as e:
-        return [f"dense/config.json: {e}"]
+        return [str(e)]
     except Exception as e:  # mlx-lm's constructors assume sane configs; any failure is ours
         return [f"dense/config.json: cannot build the model ({type(e).__name__}: {e})"]
     out = []

@@ -165,3 +165,14 @@ def test_mmap_refuses_a_file_shorter_than_the_manifest(store: Store) -> None:
         pytest.raises(ReadError, match="manifest says"),
     ):
         r.read(layer, 0)
+
+
+def test_fifo_manifest_and_profile_do_not_hang(store: Store) -> None:
+    (store.root / "profile.json").unlink()
+    os.mkfifo(store.root / "profile.json")
+    with pytest.raises(StoreCorrupt, match="routing profile is not a regular file"):
+        Store.open(store.root).profile()
+    (store.root / "manifest.json").unlink()
+    os.mkfifo(store.root / "manifest.json")
+    with pytest.raises(StoreCorrupt, match="manifest is not a regular file"):
+        Store.open(store.root)

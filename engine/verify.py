@@ -112,9 +112,14 @@ def _check_dense_files(store: Store, report: VerifyReport) -> set[str]:
             bad.add(d.name)
             continue
         h = new_hasher()
-        with open(store.root / rel, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
+        try:
+            with open(store.root / rel, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+        except OSError as e:
+            report.problems.append(f"dense: {rel} cannot be read ({e})")
+            bad.add(d.name)
+            continue
         report.bytes_checked += size
         if h.hexdigest() != d.checksum:
             report.problems.append(
@@ -160,7 +165,11 @@ def _check_layer(store: Store, entry: LayerEntry, report: VerifyReport) -> None:
     path = store.root / entry.file
     by_offset = sorted(range(len(entry.experts)), key=lambda e: entry.experts[e].offset)
     # O_NONBLOCK and fstat: the file may have been swapped for a FIFO since the stat above.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        report.problems.append(f"layer {entry.layer}: {entry.file} cannot be read ({e})")
+        return
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -32,7 +32,7 @@ from engine.suite import load_suite
 from engine.verify import verify
 
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,  # the same examples every run: a failure here is reproducible
@@ -203,7 +203,7 @@ def ckpt_dir(tiny_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.Te
     return dst, json.loads((dst / "config.json").read_text())
 
 
-@settings(SETTINGS, max_examples=40)
+@settings(SETTINGS, max_examples=100)
 @given(data=st.data())
 def test_checkpoint_config_json(ckpt_dir, data: st.DataObject) -> None:
     root, config = ckpt_dir
@@ -230,7 +230,7 @@ def dense_store(packed_store: Callable[..., Store], tmp_path_factory: pytest.Tem
     return dst, json.loads((src.dense_dir / "config.json").read_text())
 
 
-@settings(SETTINGS, max_examples=40)
+@settings(SETTINGS, max_examples=100)
 @given(data=st.data())
 def test_store_config_json(dense_store, data: st.DataObject) -> None:
     root, config = dense_store
@@ -255,7 +255,7 @@ def tok_store(packed_store: Callable[..., Store], tmp_path_factory: pytest.TempP
     return dst, json.loads((src.dense_dir / "tokenizer.json").read_text())
 
 
-@settings(SETTINGS, max_examples=15)
+@settings(SETTINGS, max_examples=30)
 @given(data=st.data())
 def test_tokenizer_files(tok_store, data: st.DataObject) -> None:
     root, orig = tok_store

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.checkpoint import check_model_config
 from engine.errors import EngineError, StoreCorrupt
 from engine.families import build_skeleton, family_for, moe_blocks
 from engine.manifest import FLOAT_DTYPES
+from engine.modelconfig import check_model_config
 
 if TYPE_CHECKING:
     from engine.store import Store

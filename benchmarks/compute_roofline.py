@@ -190,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag}_roofline_tok_s: {roof:.1f}")
         print(f"{tag}_all_cached_decode_tok_s: {r['decode_tok_s']:.2f}")
         print(f"{tag}_roofline_ratio: {r['decode_tok_s'] / roof:.3f}")
+        dense = r["kernel_share"] - r["expert_share"]
         print(f"{tag}_time_share_kernels: {r['kernel_share']:.2f}  "
-              f"(experts {r['expert_share']:.2f}, dense {r['kernel_share'] - r['expert_share']:.2f})")  # fmt: skip
+              f"(experts {r['expert_share']:.2f}, dense {dense:.2f})")  # fmt: skip
         print(f"{tag}_time_share_io_wait: {r['io_wait_share']:.2f}")
         print(f"{tag}_time_share_other: {1 - r['kernel_share'] - r['io_wait_share']:.2f}"
               "  (MLX ops: attention, norms, routing; Python)")  # fmt: skip

@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "streaming_vs_resident": ("streaming_vs_resident.py", [], ["--repeats", "1", "--prompts", "1"]),
     "allmiss_roofline": ("allmiss_roofline.py", [], ["--prompts", "1", "--raw-repeats", "1"]),
     "bench_small": ("bench_small.py", [], []),
+    "checksum_overhead": ("checksum_overhead.py", [], ["--repeats", "1", "--prompts", "1"]),
 }
 
 

@@ -20,11 +20,12 @@ from typing import Any
 import mlx.core as mx
 
 from engine.config import EngineConfig
-from engine.errors import EngineError
+from engine.errors import CheckpointError, EngineError
 from engine.families import text_config
 from engine.generate import Generation
 from engine.machine import available_ram_bytes, fingerprint
 from engine.pagecache import evict_all
+from engine.shapes import open_for_run
 from engine.store import Store
 from engine.suite import Suite, default_suite_path, load_suite
 
@@ -60,7 +61,10 @@ def bench(
     """One bench run -> {"rows", "ratios", "roofline", "machine", "suite", "config"}."""
     from engine.naive import source_path
 
-    store = Store.open(store_path)
+    if source is not None and not (source / "config.json").is_file():
+        # Asked for by name: skipping its rows silently would hide the typo.
+        raise CheckpointError(f"--source {source}: not a checkpoint directory (no config.json)")
+    store = open_for_run(store_path)
     config = config or EngineConfig()
     suite = _suite(store, suite_path)
     src = source or source_path(store)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from engine.families import (
     projections_of,
 )
 from engine.hf_experts import Source, View, expert_candidates, sanitize_map
+from engine.modelconfig import check_model_config
+from engine.stheader import read_safetensors_header
 from engine.store import np_dtype
 
 # safetensors dtype code -> (store dtype name, itemsize); store names are engine.store's keys.
@@ -212,31 +213,16 @@ class Checkpoint:
         return data
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int, bytes]:
-    """(header dict, absolute offset of the data section, raw header bytes)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise CheckpointError(f"{path}: too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            size = path.stat().st_size
-            if n > size - 8:
-                raise CheckpointError(f"{path}: safetensors header length {n} exceeds file size")
-            raw = f.read(n)
-        header = json.loads(raw)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    return header, 8 + n, raw
-
-
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Validate config, weights and every expert tensor of a checkpoint dir; read no data."""
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise CheckpointError(f"{root}: is not a directory; a checkpoint is a directory")
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint directory")
     config, config_bytes = _load_config(root)
     family = family_for(config, source=str(root / "config.json"))
+    check_model_config(config, family, root / "config.json")
     if family.has_hf_names:  # families synth writes: their config keys are known
         check_config(root, config, family)
     files, index_bytes = _weight_files(root)
@@ -258,7 +244,14 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                 name, file, data_start + begin, end - begin, tuple(info["shape"]), info["dtype"]
             )
 
-    skeleton = build_skeleton(config, source=str(root / "config.json"))
+    try:
+        skeleton = build_skeleton(config, source=str(root / "config.json"))
+    except CheckpointError:
+        raise
+    except Exception as e:  # mlx-lm's constructors assume a sane config; any failure is its
+        raise CheckpointError(
+            f"{root / 'config.json'}: inconsistent model config ({type(e).__name__}: {e})"
+        ) from None
     found = moe_blocks(skeleton)
     if not found:
         raise CheckpointError(f"{root / 'config.json'}: the model has no MoE layers")
@@ -335,6 +328,8 @@ def _load_config(root: Path) -> tuple[dict[str, Any], bytes]:
         raise CheckpointError(f"{cpath}: not valid JSON ({e})") from e
     if not isinstance(config, dict):
         raise CheckpointError(f"{cpath}: must be a JSON object")
+    if not isinstance(config.get("model_type", ""), str):
+        raise CheckpointError(f"{cpath}: key 'model_type' must be a string")
     return config, raw
 
 
@@ -344,7 +339,9 @@ def _weight_files(root: Path) -> tuple[list[Path], bytes]:
         raw = index.read_bytes()
         try:
             weight_map = json.loads(raw)["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
+            if not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map values must be file names")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from e
         files = sorted({root / f for f in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]

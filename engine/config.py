@@ -26,6 +26,8 @@ COMPUTE_DTYPES = ("float32", "model")
 COMPUTE_PATHS = ("auto", "cpu", "mlx")
 ALIGN = 4096  # O_DIRECT needs buffers, offsets and sizes aligned to the logical block size
 
+TABLES = ("engine", "provenance")  # the tables a config TOML may have (export writes both)
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -152,14 +154,29 @@ class EngineConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> EngineConfig:
-        """Read the `[engine]` table of a config TOML (a bare table of knobs works too)."""
+        """Read the `[engine]` table of a config TOML (a bare table of knobs works too).
+
+        Tables other than [engine] and [provenance] are refused by name: a misspelt `[engin]`
+        must not run silently on defaults."""
         path = Path(path)
         doc = read_toml(path, "config file", ConfigError)
+        unknown = sorted(k for k, v in doc.items() if isinstance(v, dict) and k not in TABLES)
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown table(s) {', '.join(f'[{k}]' for k in unknown)}; a config has "
+                "[engine] (the knobs) and optionally [provenance]"
+            )
         table = doc.get("engine", None)
         if table is None:
             table = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-        if not isinstance(table, dict):
+        elif not isinstance(table, dict):
             raise ConfigError(f"{path}: [engine] must be a table of knobs")
+        else:
+            stray = sorted(k for k, v in doc.items() if not isinstance(v, dict))
+            if stray:
+                raise ConfigError(
+                    f"{path}: key(s) {', '.join(stray)} sit outside [engine]; move them into it"
+                )
         return cls.from_dict(table, source=f"{path} [engine]")
 
 
@@ -178,7 +195,8 @@ def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = Non
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if isinstance(value, bool) or value not in allowed:
+    # Same type, not just equal: 16.0 == 16 and True == 1, but neither is a valid knob value.
+    if not any(type(value) is type(a) and value == a for a in allowed):
         raise ConfigError(
             f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
         )

@@ -31,6 +31,10 @@ class StoreCorrupt(StoreError):
     """A store's bytes disagree with its manifest (checksum, size, truncation)."""
 
 
+class ExpertCorrupt(StoreCorrupt):
+    """An expert's bytes, as read, do not match the checksum in the manifest."""
+
+
 class StoreExists(StoreError, FileExistsError):
     """The output directory already exists and --force was not given."""
 

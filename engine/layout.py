@@ -7,7 +7,6 @@ together are then laid out next to each other so the engine can coalesce their r
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
 from engine.families import get_experts, moe_blocks, set_experts, text_config
+from engine.tomlfile import read_toml
 
 # Fallback calibration when the source has no probe suite: a few seeded random prompts.
 RANDOM_PROMPTS = 8
@@ -54,11 +54,10 @@ def calibration_prompts(ckpt: Checkpoint, seed: int = 0) -> list[list[int]]:
 
 
 def _suite_prompts(path: Path, model_dir: Path) -> list[list[int]]:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable probe suite ({e})") from e
+    doc = read_toml(path, "probe suite", CheckpointError)
     entries: list[Any] = doc.get("prompts") or doc.get("prompt") or []
+    if not isinstance(entries, list):
+        raise CheckpointError(f"{path}: `prompts` must be an array of tables ([[prompts]])")
     out: list[list[int]] = []
     texts: list[str] = []
     for entry in entries:
@@ -75,7 +74,9 @@ def _suite_prompts(path: Path, model_dir: Path) -> list[list[int]]:
         elif isinstance(entry, str):
             texts.append(entry)
         if ids:
-            out.append([int(i) for i in ids])
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise CheckpointError(f"{path}: prompt ids must be integers")
+            out.append(list(ids))
     if texts:
         out.extend(_tokenize(texts, model_dir))
     return out
@@ -102,7 +103,13 @@ def calibrate(
     """
     from mlx_lm.utils import load_model
 
-    model, _ = load_model(ckpt.root, lazy=True)
+    try:
+        model, _ = load_model(ckpt.root, lazy=True)
+    except Exception as e:  # mlx-lm raises whatever its constructors hit on an odd config
+        raise CheckpointError(
+            f"{ckpt.root}: mlx-lm cannot load the model for calibration ({type(e).__name__}: "
+            f"{e}); check config.json against the weights"
+        ) from None
     # MLX's CPU gather_mm only runs in float32; routing decisions barely depend on precision.
     model.set_dtype(mx.float32)
     routed: dict[int, list[np.ndarray]] = {}

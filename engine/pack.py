@@ -12,9 +12,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +25,9 @@ from engine import layout as layout_mod
 from engine.checkpoint import Checkpoint, ExpertPart, open_checkpoint
 from engine.config import ALIGN, LAYOUTS, QUANT_BITS, QUANT_GROUP_SIZES
 from engine.errors import CheckpointError, ConfigError, EngineError, StoreError, StoreExists
+from engine.manifest import new_hasher
 from engine.store import FORMAT, FORMAT_VERSION, MANIFEST, Store, np_dtype
+from engine.tmpdirs import make_tmp
 
 TENSOR_ALIGN = 64  # inside an expert: lets a reader view each tensor without a copy
 COPY_CHUNK = 16 << 20  # dense tensors are copied in chunks of this size
@@ -90,8 +90,14 @@ def pack(
     quant = _quant_plan(ckpt, bits, group_size)
     specs = _expert_specs(ckpt, quant)
 
-    store_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{store_dir.name}.tmp-", dir=store_dir.parent))
+    try:
+        store_dir.parent.mkdir(parents=True, exist_ok=True)
+        # <store>.tmp-<pid>-XXXX: a pack killed with -9 leaves it; the next pack removes it.
+        tmp = make_tmp(store_dir.parent, f"{store_dir.name}.tmp-")
+    except OSError as e:
+        raise StoreError(
+            f"{store_dir}: cannot create it ({e.strerror or e}); is a parent a file?"
+        ) from None
     try:
         counts: dict[int, np.ndarray] | None = None
         orders = {b.layer: list(range(ckpt.num_experts)) for b in ckpt.blocks}
@@ -110,7 +116,7 @@ def pack(
         if counts is not None:
             profile = {"counts": {str(k): v.tolist() for k, v in counts.items()}}
             (tmp / "profile.json").write_text(json.dumps(profile))
-        manifest = _manifest(ckpt, quant, layout, specs, layers)
+        manifest = _manifest(ckpt, quant, layout, specs, layers, _dense_files(tmp / "dense"))
         # The manifest goes last: a dir with a manifest is a complete store.
         with open(tmp / MANIFEST, "wb") as f:
             _write(f, json.dumps(manifest, indent=1).encode())
@@ -249,7 +255,7 @@ def _write_experts(
             with open(tmp / rel, "wb") as f:
                 for pos, eid in enumerate(orders[block.layer]):
                     parts = ckpt.expert_parts(block, eid)
-                    crc, written = 0, 0
+                    h, written = new_hasher(), 0
                     for spec, data in zip(specs, _expert_tensors(ckpt, parts, quant), strict=True):
                         if len(data) != spec["nbytes"]:
                             raise StoreError(
@@ -259,14 +265,14 @@ def _write_experts(
                         gap = b"\0" * (spec["offset"] - written)
                         for chunk in (gap, data):
                             _write(f, chunk)
-                            crc = zlib.crc32(chunk, crc)
+                            h.update(chunk)
                         written = spec["offset"] + len(data)
                     _write(f, b"\0" * (span - written))
                     experts[eid] = {
                         "offset": pos * span,
                         "nbytes": nbytes,
                         "span": span,
-                        "checksum": f"{crc:08x}",
+                        "checksum": h.hexdigest(),
                     }
                     bar.advance(task)
             layers.append(
@@ -332,12 +338,25 @@ def _copy_side_files(ckpt: Checkpoint, dense: Path) -> None:
         shutil.copyfile(ckpt.root / "probe_suite.toml", dense / "probe_suite.toml")
 
 
+def _dense_files(dense: Path) -> dict[str, Any]:
+    """Size and checksum of every file in dense/, so `verify` covers the non-expert bytes too."""
+    out = {}
+    for f in sorted(dense.iterdir()):
+        h = new_hasher()
+        with open(f, "rb") as src:
+            while chunk := src.read(COPY_CHUNK):
+                h.update(chunk)
+        out[f.name] = {"size": f.stat().st_size, "checksum": h.hexdigest()}
+    return out
+
+
 def _manifest(
     ckpt: Checkpoint,
     quant: dict[str, Any],
     layout: str,
     specs: list[dict[str, Any]],
     layers: list[dict[str, Any]],
+    dense: dict[str, Any],
 ) -> dict[str, Any]:
     variant = {
         "bits": quant["bits"],
@@ -357,6 +376,7 @@ def _manifest(
         "align": ALIGN,
         "expert_tensors": specs,
         "layers": layers,
+        "dense": dense,
         "fingerprint": fp.hexdigest(),
         "source": {
             "path": str(ckpt.root.resolve()),

@@ -14,15 +14,22 @@ from engine.machine import fingerprint
 from engine.probe import METRICS, probe
 from engine.reference import get_reference
 from engine.run_cmd import has_tokenizer, load_config, load_tokenizer
-from engine.store import Store
+from engine.shapes import open_for_run
 from engine.suite import default_suite_path, load_suite
 
 
 def probe_command(args: argparse.Namespace) -> int:
-    store = Store.open(Path(args.store))
+    store = open_for_run(Path(args.store))
     config = load_config(args.config, store, force=args.force)
     if args.repeats < 1:
         raise ProbeError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.trace:
+        # Checked before the run, not after it: a long probe must not be lost to a typo.
+        folder = Path(args.trace).parent
+        if not folder.is_dir():
+            raise ProbeError(f"--trace {args.trace}: folder {folder} does not exist; create it")
+        if Path(args.trace).is_dir():
+            raise ProbeError(f"--trace {args.trace}: is a directory; give a file name (.npz)")
     tokenizer = load_tokenizer(store) if has_tokenizer(store) else None
     suite_path = Path(args.suite) if args.suite else default_suite_path(store.root)
     vocab = int(text_config(store.config)["vocab_size"])  # nested in vision-language configs

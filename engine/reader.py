@@ -16,79 +16,27 @@ import contextlib
 import errno
 import mmap
 import os
+import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from engine.errors import ReadError
+from engine.errors import ExpertCorrupt, ReadError
+from engine.manifest import checksum
 from engine.pagecache import PageCacheBudget
 from engine.rawio import ALIGN, aligned_empty, pread_full
-from engine.store import ExpertLoc
+from engine.readplan import ExpertSource, FileSource, Request, manifest_file_size
+
+__all__ = ["IO_MODES", "ExpertReader", "ExpertSource", "FileSource"]
 
 IO_MODES = ("direct", "buffered", "mmap")
 _F_NOCACHE = 48  # macOS fcntl: the closest thing to O_DIRECT there
-
-
-class ExpertSource(Protocol):
-    def layer_file(self, layer: int) -> Path: ...
-    def expert(self, layer: int, expert: int) -> ExpertLoc: ...
-
-
-@dataclass(frozen=True)
-class FileSource:
-    """An ExpertSource from plain parts: layer -> file and a (layer, expert) -> ExpertLoc."""
-
-    files: dict[int, Path]
-    locate: Callable[[int, int], ExpertLoc]
-
-    def layer_file(self, layer: int) -> Path:
-        return Path(self.files[layer])
-
-    def expert(self, layer: int, expert: int) -> ExpertLoc:
-        return self.locate(layer, expert)
-
-
-class _Request:
-    """One expert read in flight: its buffer, chunk plan and (for submit) the caller's future."""
-
-    __slots__ = (
-        "buf",
-        "chunks",
-        "error",
-        "expert",
-        "future",
-        "layer",
-        "left",
-        "length",
-        "loc",
-        "lock",
-        "path",
-        "ran",
-        "t0",
-    )
-
-    def __init__(self, layer: int, expert: int, loc: ExpertLoc, path: Path, length: int) -> None:
-        self.layer = layer
-        self.expert = expert
-        self.loc = loc
-        self.path = path
-        self.length = length  # bytes fetched from the file: span (direct) or nbytes
-        self.buf: np.ndarray = np.empty(0, dtype=np.uint8)
-        self.chunks: list[tuple[int, int]] = []  # (start within the expert, length)
-        self.future: Future[np.ndarray] | None = None
-        self.left = 0
-        self.error: BaseException | None = None
-        self.lock = threading.Lock()
-        self.ran = False  # a chunk touched the file (a cancelled request skips the rest)
-        self.t0 = 0.0
 
 
 class ExpertReader:
@@ -107,6 +55,7 @@ class ExpertReader:
         read_chunk_bytes: int = 1 << 20,
         io_threads: int = 4,
         page_budget: PageCacheBudget | None = None,
+        verify: bool = True,
     ) -> None:
         if io_mode not in IO_MODES:
             raise ValueError(f"io_mode must be one of {IO_MODES}, got {io_mode!r}")
@@ -119,6 +68,7 @@ class ExpertReader:
         self.read_chunk_bytes = read_chunk_bytes
         self.io_threads = io_threads
         self.page_budget = page_budget
+        self.verify = verify  # off only to measure what checking costs (benchmarks)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="expert-io")
         self._fds: dict[int, int] = {}
         self._maps: dict[int, mmap.mmap] = {}
@@ -168,6 +118,7 @@ class ExpertReader:
                 if err is not None:
                     raise err
             self._finish(req)
+            self._check(req)
             return req.buf[: req.loc.nbytes]
         finally:
             dt = time.perf_counter() - t0
@@ -241,7 +192,7 @@ class ExpertReader:
 
     # ---- internals ---------------------------------------------------------------------------
 
-    def _plan(self, layer: int, expert: int) -> _Request:
+    def _plan(self, layer: int, expert: int) -> Request:
         loc = self.store.expert(layer, expert)
         path = self._paths.get(layer)
         if path is None:
@@ -259,7 +210,7 @@ class ExpertReader:
         else:
             length = loc.nbytes
             buf = np.empty(length, dtype=np.uint8)
-        req = _Request(layer, expert, loc, path, length)
+        req = Request(layer, expert, loc, path, length)
         req.buf = buf
         step = self.read_chunk_bytes
         req.chunks = [(s, min(step, length - s)) for s in range(0, length, step)] or [(0, 0)]
@@ -278,6 +229,12 @@ class ExpertReader:
                     size = os.fstat(fd).st_size
                     if size == 0:
                         raise ReadError(f"{path}: layer {layer} file is empty; re-pack the store")
+                    want = manifest_file_size(self.store, layer)
+                    if want is not None and size != want:
+                        raise ReadError(
+                            f"{path}: layer {layer} file is {size} bytes, the manifest says "
+                            f"{want} (truncated?); run `moe-engine verify` and re-pack the store"
+                        )
                     mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
                     if self.page_budget is not None and hasattr(mm, "madvise"):
                         mm.madvise(mmap.MADV_RANDOM)  # no readahead the budget cannot see
@@ -296,7 +253,9 @@ class ExpertReader:
             self._paths[layer] = path  # published last: _plan's lock-free check relies on it
 
     def _open_fd(self, path: Path, layer: int) -> int:
-        flags = os.O_RDONLY
+        # O_NONBLOCK: opening a FIFO planted as a layer file must fail below, not block forever
+        # (it changes nothing for regular files).
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
         if self.io_mode == "direct" and hasattr(os, "O_DIRECT"):
             flags |= os.O_DIRECT
         try:
@@ -308,13 +267,16 @@ class ExpertReader:
                     "use io_mode='buffered' or move the store to a disk filesystem"
                 ) from e
             raise ReadError(f"{path}: cannot open layer {layer} file ({e})") from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ReadError(f"{path}: layer {layer} file is not a regular file; re-pack the store")
         if self.io_mode == "direct" and not hasattr(os, "O_DIRECT") and sys.platform == "darwin":
             import fcntl
 
             fcntl.fcntl(fd, _F_NOCACHE, 1)
         return fd
 
-    def _read_chunk(self, req: _Request, i: int) -> None:
+    def _read_chunk(self, req: Request, i: int) -> None:
         if req.future is not None and req.future.cancelled():
             return  # a dropped prefetch guess: spend no I/O on it
         req.ran = True
@@ -325,11 +287,13 @@ class ExpertReader:
         try:
             if self.io_mode == "mmap":
                 mm = self._maps[req.layer]
-                got = max(0, min(n, len(mm) - off))
+                # Touching a mapped page past the file's current end raises SIGBUS, which kills
+                # the process: a file truncated after mapping must be caught before the copy.
+                end = min(len(mm), os.fstat(self._fds[req.layer]).st_size)
+                got = max(0, min(n, end - off))
                 if got:
                     # Copy out: MLX arrays need memory they own, not a view of a mapping that
-                    # the page-cache budget may drop under them. (Reading past EOF of a file
-                    # truncated after mapping would SIGBUS; the size check above guards the rest.)
+                    # the page-cache budget may drop under them.
                     req.buf[start : start + got] = np.frombuffer(mm, np.uint8, got, off)
             else:
                 view = memoryview(req.buf)[start : start + n]
@@ -341,14 +305,14 @@ class ExpertReader:
                 req, off, n, f"short read, got {got} of {need} bytes (file truncated?)"
             )
 
-    def _error(self, req: _Request, off: int, n: int, why: str) -> ReadError:
+    def _error(self, req: Request, off: int, n: int, why: str) -> ReadError:
         return ReadError(
             f"{req.path}: reading layer {req.layer} expert {req.expert} "
             f"(offset {off}, {n} bytes; expert at {req.loc.offset}, {req.loc.nbytes} bytes) "
             f"failed: {why}; run `moe-engine verify` on the store or re-pack it"
         )
 
-    def _chunk_done(self, req: _Request, f: Future[None]) -> None:
+    def _chunk_done(self, req: Request, f: Future[None]) -> None:
         err = _failure(f, req)
         with req.lock:
             req.left -= 1
@@ -368,13 +332,28 @@ class ExpertReader:
                     self._finish(req)
                 if fut.cancelled():
                     return
+                self._check(req)
                 with self._stat_lock:
                     self.submit_seconds += time.perf_counter() - req.t0
                 fut.set_result(req.buf[: req.loc.nbytes])
             except BaseException as e:
                 _fail(fut, e)
 
-    def _finish(self, req: _Request) -> None:
+    def _check(self, req: Request) -> None:
+        """The bytes just read must hash to the manifest's checksum: a flipped bit on disk (or
+        a store edited after packing) must never be computed with."""
+        if not self.verify:
+            return
+        got = checksum(req.buf[: req.loc.nbytes])
+        if got != req.loc.checksum:
+            root = getattr(self.store, "root", req.path.parent)
+            raise ExpertCorrupt(
+                f"store {root}: layer {req.layer} expert {req.expert} is corrupt (checksum "
+                f"{got}, manifest {req.loc.checksum}, in {req.path.name} at offset "
+                f"{req.loc.offset}); run `moe-engine verify {root}` and re-pack the store"
+            )
+
+    def _finish(self, req: Request) -> None:
         with self._stat_lock:
             self.reads += 1
             self.bytes_read += req.length
@@ -384,7 +363,7 @@ class ExpertReader:
             )
 
 
-def _failure(f: Future[Any], req: _Request) -> BaseException | None:
+def _failure(f: Future[Any], req: Request) -> BaseException | None:
     """A chunk future's error as a ReadError (a cancelled chunk means the reader closed)."""
     if f.cancelled():
         return ReadError(

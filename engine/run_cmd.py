@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig, load_provenance
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StoreCorrupt
+from engine.families import text_config
 from engine.pagecache import evict_all
 from engine.probe import store_files
 from engine.runtime import Engine, run_summary
+from engine.shapes import open_for_run
 from engine.store import Store
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -28,9 +30,45 @@ def has_tokenizer(store: Store) -> bool:
 
 
 def load_tokenizer(store: Store) -> Any:
+    """The store's tokenizer; a corrupt or unreadable one is a StoreCorrupt, not a traceback."""
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
-    return mlx_load_tokenizer(store.dense_dir)
+    try:
+        return mlx_load_tokenizer(store.dense_dir)
+    except Exception as e:  # tokenizers/transformers raise anything from a bad file
+        raise StoreCorrupt(
+            f"{store.dense_dir}: the tokenizer does not load ({type(e).__name__}: "
+            f"{str(e)[:200]}); run `moe-engine verify {store.root}` or re-pack the store"
+        ) from None
+
+
+def encode_prompt(tokenizer: Any, text: str, what: str = "--prompt") -> list[int]:
+    """Text -> token ids; empty results and text that is not UTF-8 are refused."""
+    try:
+        text.encode("utf-8")  # argv bytes that are not UTF-8 arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} is not valid UTF-8 text") from None
+    try:
+        ids = list(tokenizer.encode(text))
+    except Exception as e:  # the tokenizer library's own error types
+        raise ConfigError(f"{what}: the tokenizer cannot encode it ({e})") from None
+    if not ids:
+        raise ConfigError(f"{what} encodes to no tokens; give some text")
+    return ids
+
+
+def max_new_tokens(store: Store, prompt_len: int, requested: int) -> int:
+    """--max-tokens must be >= 1 and fit the model's context (no run that cannot finish)."""
+    ctx = store.config.get("max_position_embeddings")
+    limit = ctx if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0 else 1 << 17
+    if requested < 1:
+        raise ConfigError(f"--max-tokens must be >= 1, got {requested}")
+    if prompt_len + requested > limit:
+        raise ConfigError(
+            f"--max-tokens {requested} plus the {prompt_len}-token prompt exceeds the model's "
+            f"context of {limit} tokens; ask for at most {max(limit - prompt_len, 0)}"
+        )
+    return requested
 
 
 def load_config(path: str | None, store: Store, *, force: bool) -> EngineConfig:
@@ -64,7 +102,7 @@ def parse_ids(text: str) -> list[int]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    store = Store.open(Path(args.store))
+    store = open_for_run(Path(args.store))
     config = load_config(args.config, store, force=args.force)
     tokenizer = None
     if args.prompt is not None:
@@ -74,11 +112,14 @@ def run_command(args: argparse.Namespace) -> int:
                 "use --prompt-ids 1,2,3"
             )
         tokenizer = load_tokenizer(store)
-        prompt = tokenizer.encode(args.prompt)
+        prompt = encode_prompt(tokenizer, args.prompt)
     else:
         prompt = parse_ids(args.prompt_ids)
-    if args.max_tokens < 1:
-        raise ConfigError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    vocab = int(text_config(store.config)["vocab_size"])
+    bad = [t for t in prompt if not 0 <= t < vocab]
+    if bad:
+        raise ConfigError(f"prompt token ids {bad[:3]} are outside the vocabulary 0..{vocab - 1}")
+    max_new_tokens(store, len(prompt), args.max_tokens)
     # Pages an earlier run left cached would count as this run's memory (and hide its reads).
     evict_all(store_files(store))
     with Engine(store, config) as engine:

@@ -18,7 +18,8 @@ expert's start), so a reader needs only (file, offset, nbytes) per expert.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,24 @@ import mlx.core as mx
 import numpy as np
 
 from engine.errors import StoreCorrupt, StoreError
+from engine.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    ExpertLoc,
+    LayerEntry,
+    Manifest,
+    TensorSpec,
+    layout_problems,
+    parse_manifest,
+    path_problem,
+)
 
-FORMAT = "moe-expert-store"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "ExpertLoc", "LayerEntry", "Store", "TensorSpec"]
+
+# Dense files every store needs; the others (tokenizer, suite) are optional.
+REQUIRED_DENSE = ("config.json", "model.safetensors")
+MAX_MANIFEST_BYTES = 256 << 20  # far above any real manifest; refuses a runaway file early
 
 # numpy has no bfloat16: such tensors travel as uint16 and are viewed as bf16 in MLX.
 _NP_DTYPES = {
@@ -50,93 +65,89 @@ _MX_DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One tensor of an expert: `name` is `<mlx projection>.<weight|scales|biases>`."""
-
-    name: str
-    offset: int  # bytes from the expert's start
-    nbytes: int
-    shape: tuple[int, ...]
-    dtype: str  # a key of _MX_DTYPES
-
-
-@dataclass(frozen=True)
-class ExpertLoc:
-    offset: int  # bytes from the start of the layer file; multiple of align
-    nbytes: int  # data bytes (what the checksum covers)
-    span: int  # nbytes rounded up to align (what an O_DIRECT read fetches)
-    checksum: str  # crc32 of the nbytes data bytes, 8 hex digits
-
-
-@dataclass(frozen=True)
-class LayerEntry:
-    layer: int  # decoder layer index
-    block: str  # dotted path of the MoE block in the mlx-lm model, e.g. model.layers.3.mlp
-    file: str  # relative to the store root
-    file_size: int
-    order: tuple[int, ...]  # expert ids in on-disk order
-    experts: tuple[ExpertLoc, ...]  # indexed by expert id
-
-
 class Store:
-    """An opened store. Cheap to open: reads the manifest only."""
+    """An opened store. Cheap to open: reads the manifest and stats the files it names."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, m: Manifest) -> None:
         self.root = root
-        self.manifest = manifest
-        try:
-            self.model_type: str = manifest["model_type"]
-            self.num_experts: int = int(manifest["num_experts"])
-            self.top_k: int = int(manifest["top_k"])
-            self.bits: int = int(manifest["quant"]["bits"])
-            self.group_size: int | None = manifest["quant"].get("group_size")
-            self.dtype: str = manifest["quant"]["dtype"]
-            self.layout: str = manifest["layout"]
-            self.align: int = int(manifest["align"])
-            self.expert_tensors = tuple(
-                TensorSpec(t["name"], t["offset"], t["nbytes"], tuple(t["shape"]), t["dtype"])
-                for t in manifest["expert_tensors"]
-            )
-            self.layers = tuple(
-                LayerEntry(
-                    layer=int(le["layer"]),
-                    block=le["block"],
-                    file=le["file"],
-                    file_size=int(le["file_size"]),
-                    order=tuple(le["order"]),
-                    experts=tuple(ExpertLoc(**x) for x in le["experts"]),
-                )
-                for le in manifest["layers"]
-            )
-            self.fingerprint: str = manifest["fingerprint"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise StoreCorrupt(
-                f"{root / MANIFEST}: manifest is missing or has a bad field ({e!r}); "
-                "re-pack the store"
-            ) from e
+        self.parsed = m
+        self.manifest = m.raw
+        self.model_type = m.model_type
+        self.num_experts = m.num_experts
+        self.top_k = m.top_k
+        self.bits = m.bits
+        self.group_size = m.group_size
+        self.dtype = m.dtype
+        self.layout = m.layout
+        self.align = m.align
+        self.expert_tensors = m.expert_tensors
+        self.layers = m.layers
+        self.fingerprint = m.fingerprint
         self._by_layer = {le.layer: le for le in self.layers}
+        self._config: dict[str, Any] | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
+    def open(cls, path: str | Path, *, check: bool = True) -> Store:
+        """Open a store; check=False skips the consistency checks (verify lists them itself)."""
         root = Path(path)
-        mpath = root / MANIFEST
-        if not root.is_dir():
+        if not root.exists():
             raise StoreError(f"{root}: no such store directory; build one with `moe-engine pack`")
-        if not mpath.is_file():
+        if not root.is_dir():
+            raise StoreError(f"{root}: is not a directory; a store is one (moe-engine pack)")
+        mpath = root / MANIFEST
+        if not mpath.exists():
             raise StoreError(
                 f"{mpath}: missing; {root} is not a packed store (run `moe-engine pack`)"
             )
+        _regular(mpath, "manifest")
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise StoreCorrupt(f"{mpath}: {mpath.stat().st_size} bytes is not a manifest; re-pack")
+        store = cls(root, parse_manifest(mpath.read_bytes(), str(mpath)))
+        if check:
+            problems = layout_problems(store.parsed) + store.file_problems()
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise StoreCorrupt(
+                    f"{root}: {problems[0]}{more}; run `moe-engine verify {root}` for the full "
+                    "list and re-pack the store"
+                )
+        return store
+
+    def file_problems(self) -> list[str]:
+        """Layer and dense files: inside the store, regular, of the manifest's size (stat only)."""
+        out = []
+        for le in self.layers:
+            if path_problem(le.file) is None:
+                out += self._file_problem(le.file, le.file_size, f"layer {le.layer}", True)
+        listed = {d.name: d for d in self.parsed.dense}
+        for name in REQUIRED_DENSE:
+            if name not in listed:
+                out.append(f"manifest: dense file {name} is not listed")
+        for d in self.parsed.dense:
+            if "/" in d.name or path_problem(d.name):
+                out.append(f"dense file {d.name!r}: not a plain file name")
+                continue
+            out += self._file_problem(f"dense/{d.name}", d.size, "dense", d.name in REQUIRED_DENSE)
+        return out
+
+    def _file_problem(self, rel: str, size: int, what: str, required: bool) -> list[str]:
+        path = self.root / rel
         try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise StoreCorrupt(f"{mpath}: not valid JSON ({e}); re-pack the store") from e
-        if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-            raise StoreError(
-                f"{mpath}: format {manifest.get('format')!r} v{manifest.get('version')!r} is not "
-                f"{FORMAT!r} v{FORMAT_VERSION}; re-pack with this engine version"
-            )
-        return cls(root, manifest)
+            if not path.resolve().is_relative_to(self.root.resolve()):
+                return [f"{what}: {rel} is a link leading outside the store"]
+            st = os.stat(path)
+        except FileNotFoundError:
+            return [f"{what}: {rel} is missing"] if required else []
+        except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+            return [f"{what}: {rel} cannot be read ({e})"]
+        if not stat.S_ISREG(st.st_mode):
+            return [f"{what}: {rel} is not a regular file"]
+        if st.st_size != size:
+            return [
+                f"{what}: {rel} is {st.st_size} bytes, manifest says {size} "
+                "(truncated or overwritten)"
+            ]
+        return []
 
     # ---- locations ---------------------------------------------------------------------------
 
@@ -146,7 +157,18 @@ class Store:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.dense_dir / "config.json").read_text())
+        """dense/config.json (read once); StoreCorrupt if it is not a JSON object."""
+        if self._config is None:
+            path = self.dense_dir / "config.json"
+            _regular(path, "model config")
+            try:
+                cfg = json.loads(path.read_bytes().decode("utf-8"))
+            except (OSError, ValueError, RecursionError) as e:
+                raise StoreCorrupt(f"{path}: not readable JSON ({e}); re-pack the store") from None
+            if not isinstance(cfg, dict):
+                raise StoreCorrupt(f"{path}: must be a JSON object; re-pack the store")
+            self._config = cfg
+        return self._config
 
     @property
     def moe_layers(self) -> tuple[int, ...]:
@@ -181,10 +203,9 @@ class Store:
     def profile(self) -> dict[int, list[int]] | None:
         """Per-layer routed counts from calibration (for the pinned cache policy), if recorded."""
         p = self.root / "profile.json"
-        if not p.is_file():
+        if not p.exists():
             return None
-        data = json.loads(p.read_text())
-        return {int(k): list(v) for k, v in data["counts"].items()}
+        return parse_profile(p, self.moe_layers, self.num_experts)
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -206,6 +227,43 @@ class Store:
                 a = a.view(mx.bfloat16)
             out[t.name] = a
         return out
+
+
+def parse_profile(path: Path, layers: tuple[int, ...], num_experts: int) -> dict[int, list[int]]:
+    """profile.json -> {layer: counts per expert}; StoreCorrupt unless it covers every MoE layer
+    with num_experts non-negative counts."""
+    _regular(path, "routing profile")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        counts = data["counts"]
+        out = {int(k): list(v) for k, v in counts.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise StoreCorrupt(
+            f"{path}: not a routing profile ({type(e).__name__}: {e}); re-pack the store"
+        ) from None
+    if sorted(out) != sorted(layers):
+        raise StoreCorrupt(f"{path}: covers layers {sorted(out)}, the store has {list(layers)}")
+    for layer, c in out.items():
+        ok = len(c) == num_experts and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c
+        )
+        if not ok:
+            raise StoreCorrupt(
+                f"{path}: layer {layer} needs {num_experts} non-negative integer counts"
+            )
+    return out
+
+
+def _regular(path: Path, what: str) -> None:
+    """Refuse anything but a regular file before opening it (a FIFO would block the open)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise StoreError(f"{path}: {what} is missing; re-pack the store") from None
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read the {what} ({e})") from None
+    if not stat.S_ISREG(mode):
+        raise StoreCorrupt(f"{path}: the {what} is not a regular file")
 
 
 def np_dtype(name: str) -> type:

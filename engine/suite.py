@@ -20,6 +20,9 @@ from engine.errors import ProbeError
 from engine.tomlfile import read_toml
 
 DEFAULT_WARMUP = 4
+# Bounds that keep a typo from asking for a run that never ends.
+MAX_PROMPTS = 10_000
+MAX_TOKENS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,13 @@ def default_suite_path(store_root: Path | None = None) -> Path:
 
 def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = None) -> Suite:
     path = Path(path)
+    if vocab_size < 1:
+        raise ProbeError(f"{path}: the model's vocab_size {vocab_size} leaves no token ids")
     doc = read_toml(path, "probe suite", ProbeError)
-    seed = _int(doc, "seed", path, default=0)
+    seed = _int(doc, "seed", path, default=0, minimum=0)  # numpy refuses negative seeds
     warmup = _int(doc, "warmup_tokens", path, default=DEFAULT_WARMUP, minimum=0)
     entries = doc.get("prompts", [])
-    if not isinstance(entries, list):
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ProbeError(f"{path}: `prompts` must be an array of tables ([[prompts]])")
     prompts: list[Prompt] = []
     has_ids = all("ids" in e for e in entries) and entries
@@ -71,10 +76,12 @@ def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = Non
             prompts.append(_prompt(e, i, path, vocab_size, tokenizer))
     elif "generated" in doc:
         g = doc["generated"]
+        if not isinstance(g, dict):
+            raise ProbeError(f"{path}: `generated` must be a table")
         rng = np.random.default_rng(seed)
-        n = _int(g, "prompts", path, 4, minimum=1)
-        plen = _int(g, "prompt_tokens", path, 48, minimum=1)
-        dec = _int(g, "decode_tokens", path, 64, minimum=1)
+        n = _int(g, "prompts", path, 4, minimum=1, maximum=MAX_PROMPTS)
+        plen = _int(g, "prompt_tokens", path, 48, minimum=1, maximum=MAX_TOKENS)
+        dec = _int(g, "decode_tokens", path, 64, minimum=1, maximum=MAX_TOKENS)
         for _ in range(n):
             prompts.append(Prompt(tuple(int(t) for t in rng.integers(0, vocab_size, plen)), dec))
     else:
@@ -91,11 +98,11 @@ def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = Non
 def _prompt(e: dict[str, Any], i: int, path: Path, vocab: int, tokenizer: Any | None) -> Prompt:
     where = f"{path}: prompts[{i}]"
     dec = _int(e, "decode_tokens", path, default=32)
-    if dec < 1:
-        raise ProbeError(f"{where}.decode_tokens must be >= 1, got {dec}")
+    if not 1 <= dec <= MAX_TOKENS:
+        raise ProbeError(f"{where}.decode_tokens must be in 1..{MAX_TOKENS}, got {dec}")
     if "ids" in e:
         ids = e["ids"]
-        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) for t in ids):
+        if not isinstance(ids, list) or not ids or not all(_is_int(t) for t in ids):
             raise ProbeError(f"{where}.ids must be a non-empty list of integers")
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
@@ -104,16 +111,36 @@ def _prompt(e: dict[str, Any], i: int, path: Path, vocab: int, tokenizer: Any | 
     if "text" in e:
         if tokenizer is None:
             raise ProbeError(f"{where}: text prompt but the store has no tokenizer; use ids")
-        return Prompt(tuple(tokenizer.encode(str(e["text"]))), dec)
+        text = e["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise ProbeError(f"{where}.text must be a non-empty string")
+        try:
+            ids = [int(t) for t in tokenizer.encode(text)]
+        except Exception as err:  # the tokenizer library's own error types
+            raise ProbeError(f"{where}.text: the tokenizer cannot encode it ({err})") from None
+        if not ids or not all(0 <= t < vocab for t in ids):
+            raise ProbeError(f"{where}.text encodes to no tokens or ids outside the vocabulary")
+        return Prompt(tuple(ids), dec)
     raise ProbeError(f"{where}: needs `ids` or `text`")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _int(
-    doc: dict[str, Any], key: str, path: Path, default: int, minimum: int | None = None
+    doc: dict[str, Any],
+    key: str,
+    path: Path,
+    default: int,
+    minimum: int | None = None,
+    maximum: int | None = None,
 ) -> int:
     v = doc.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool):
         raise ProbeError(f"{path}: `{key}` must be an integer, got {v!r}")
     if minimum is not None and v < minimum:
         raise ProbeError(f"{path}: `{key}` must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ProbeError(f"{path}: `{key}` must be <= {maximum}, got {v}")
     return v

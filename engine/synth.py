@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ import numpy as np
 import tomli_w
 from mlx.utils import tree_flatten
 
-from engine.errors import CheckpointError, StoreExists
+from engine.errors import CheckpointError, EngineError, StoreExists
 from engine.families import FAMILIES, build_skeleton
 from engine.synth_routing import RoutingKnobs, RoutingPlan
+from engine.tmpdirs import make_tmp
 
 SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
 
@@ -289,6 +289,8 @@ def synthesize(
     progress: show a rich progress bar; None = only for the bench preset.
     """
     out = Path(out)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise CheckpointError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     knobs = knobs or RoutingKnobs()
     config = make_config(family, preset, seed, knobs)
     if out.exists() and not force:
@@ -297,8 +299,12 @@ def synthesize(
     plan = tensor_plan(config)
     shards = _shards(plan, p.shard_bytes)
     make = TensorMaker(config, seed, knobs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # .<name>.<pid>-XXXX: a synth killed with -9 leaves it; the next synth removes it.
+        tmp = make_tmp(out.parent, f".{out.name}.")
+    except OSError as e:
+        raise CheckpointError(f"{out}: cannot create it ({e}); is a parent a file?") from None
     try:
         weight_map: dict[str, str] = {}
         total = 0
@@ -326,8 +332,14 @@ def synthesize(
         elif out.exists() or out.is_symlink():
             out.unlink()
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError | RuntimeError) and not isinstance(e, EngineError):
+            # mlx reports a failed write (e.g. a full disk) as RuntimeError
+            raise CheckpointError(
+                f"writing {out} failed ({e}); free disk space or check permissions. "
+                "Nothing was left behind."
+            ) from e
         raise
     return out
 

@@ -16,6 +16,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from engine.errors import ProbeError
 from engine.prefetch import rank_experts
 
 PREFILL, DECODE = 0, 1
@@ -42,13 +43,16 @@ class Trace:
         return self.experts[self.offsets[i] : self.offsets[i + 1]]
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(
-            path,
-            meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8),
-            layer=self.layer, prompt=self.prompt, phase=self.phase, step=self.step,
-            offsets=self.offsets, experts=self.experts, scores=self.scores,
-            rank=self.rank,
-        )  # fmt: skip
+        try:
+            np.savez_compressed(
+                path,
+                meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8),
+                layer=self.layer, prompt=self.prompt, phase=self.phase, step=self.step,
+                offsets=self.offsets, experts=self.experts, scores=self.scores,
+                rank=self.rank,
+            )  # fmt: skip
+        except OSError as e:
+            raise ProbeError(f"{path}: cannot write the routing trace ({e.strerror or e})") from e
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:

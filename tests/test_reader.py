@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 import threading
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from engine import pagecache
 from engine.errors import ReadError
+from engine.manifest import checksum
 from engine.rawio import ALIGN, aligned_empty
 from engine.reader import ExpertReader, FileSource
 from engine.store import ExpertLoc
@@ -43,7 +43,7 @@ class FakeStore:
                     blob = rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes()
                     off = f.tell()
                     f.write(blob + b"\0" * (span - nbytes))
-                    locs.append(ExpertLoc(off, nbytes, span, f"{zlib.crc32(blob):08x}"))
+                    locs.append(ExpertLoc(off, nbytes, span, checksum(blob)))
                     self.data[(layer, e)] = blob
             self.files[layer] = path
             self.locs[layer] = locs

@@ -69,7 +69,7 @@ def test_missing_pieces(store_copy: Store) -> None:
     (store_copy.dense_dir / "model.safetensors").unlink()
     (store_copy.root / store_copy.layers[0].file).unlink()
     problems = verify(store_copy.root, progress=False).problems
-    assert any("dense/model.safetensors: missing" in p for p in problems)
+    assert any("dense/model.safetensors is missing" in p for p in problems)
     assert any(f"layer {store_copy.layers[0].layer}:" in p and "missing" in p for p in problems)
 
 
@@ -79,7 +79,8 @@ def test_bad_manifest(store_copy: Store, tmp_path: Path) -> None:
     m["layers"][0]["experts"][3]["offset"] += 1
     manifest.write_text(json.dumps(m))
     assert any(
-        "expert 3: offset/span not 4096-aligned" in p for p in verify(store_copy.root).problems
+        "expert 3: offset" in p and "not 4096-aligned" in p
+        for p in verify(store_copy.root).problems
     )
     manifest.write_text("{")
     assert not verify(store_copy.root, progress=False).ok

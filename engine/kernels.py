@@ -194,7 +194,7 @@ def _rows(buf: np.ndarray, m: np.ndarray, x: np.ndarray, r0: int, r1: int, out: 
         for o in range(r0, r1):
             acc = np.float32(0.0)
             for i in range(i_dim):
-                acc += _bits_to_f32(np.uint32(w16[o, i]) << 16) * x[i]
+                acc += _bits_to_f32(np.uint32(w16[o, i]) << np.uint32(16)) * x[i]
             out[o - r0] = acc
     else:
         w32 = buf[off : off + o_dim * i_dim * 4].view(np.float32).reshape(o_dim, i_dim)
@@ -258,6 +258,29 @@ def _rows_quant(buf, fmt, o_dim, i_dim, gs, off, f, x, r0, r1, out):  # type: ig
         o += n
 
 
+def _nibble_codegen(shift: int):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        i32 = ir.IntType(32)
+        v = builder.zext(args[0], i32)
+        v = builder.lshr(v, ir.Constant(i32, shift)) if shift else v
+        v = builder.and_(v, ir.Constant(i32, 15))
+        return builder.uitofp(v, ir.FloatType())
+
+    return codegen
+
+
+# A byte's low / high nibble as float32, in 32-bit integer lanes: numba's own `v & 15` widens
+# to int64, which halves the vector width of the 4-bit kernel.
+@intrinsic
+def _lo(typingctx, v):  # type: ignore[no-untyped-def]
+    return types.float32(types.uint8), _nibble_codegen(0)
+
+
+@intrinsic
+def _hi(typingctx, v):  # type: ignore[no-untyped-def]
+    return types.float32(types.uint8), _nibble_codegen(4)
+
+
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def _q4_pass(w, xa, xb, o, n, p):  # type: ignore[no-untyped-def]
     """p[r, lane] = partial dot of row o+r, r < n; R rows at once share each load of x."""
@@ -268,16 +291,16 @@ def _q4_pass(w, xa, xb, o, n, p):  # type: ignore[no-untyped-def]
             for ln in range(lanes):
                 e, d = xa[jj, ln], xb[jj, ln]
                 v0, v1, v2, v3 = w[o, jj, ln], w[o + 1, jj, ln], w[o + 2, jj, ln], w[o + 3, jj, ln]
-                p[0, ln] += np.float32(v0 & 15) * e + np.float32(v0 >> 4) * d
-                p[1, ln] += np.float32(v1 & 15) * e + np.float32(v1 >> 4) * d
-                p[2, ln] += np.float32(v2 & 15) * e + np.float32(v2 >> 4) * d
-                p[3, ln] += np.float32(v3 & 15) * e + np.float32(v3 >> 4) * d
+                p[0, ln] += _lo(v0) * e + _hi(v0) * d
+                p[1, ln] += _lo(v1) * e + _hi(v1) * d
+                p[2, ln] += _lo(v2) * e + _hi(v2) * d
+                p[3, ln] += _lo(v3) * e + _hi(v3) * d
     else:  # the last rows when O is not a multiple of R
         for r in range(n):
             for jj in range(steps):
                 for ln in range(lanes):
                     v = w[o + r, jj, ln]
-                    p[r, ln] += np.float32(v & 15) * xa[jj, ln] + np.float32(v >> 4) * xb[jj, ln]
+                    p[r, ln] += _lo(v) * xa[jj, ln] + _hi(v) * xb[jj, ln]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)

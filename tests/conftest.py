@@ -14,6 +14,15 @@ import pytest
 from engine.store import Store
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels() -> None:
+    """Compile the CPU kernels once (numba caches them on disk) before any test starts a child
+    process: a trial child would otherwise spend its timeout compiling them."""
+    from engine import kernels
+
+    kernels.warm_up()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """tiny_checkpoint(family) -> HF-layout checkpoint dir (synth `tiny` preset, seed 0).

@@ -73,6 +73,12 @@ def _u8(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
     return raw[t.offset : t.offset + t.nbytes]
 
 
+def _floats(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
+    """Scales or biases as float32, whatever float dtype the store keeps them in."""
+    b = _u8(raw, t)
+    return b.view(np.float32) if t.dtype == "float32" else K.half_to_f32(b.view(np.uint16), t.dtype)
+
+
 class ExpertArena:
     def __init__(self, store: Store, cache_slots: int, work_slots: int) -> None:
         self.store = store
@@ -119,8 +125,7 @@ class ExpertArena:
             w = _u8(raw, self._specs[f"{proj}.weight"])
             if fmt in (K.FMT_Q4, K.FMT_Q8):
                 s_t, b_t = self._specs[f"{proj}.scales"], self._specs[f"{proj}.biases"]
-                scales = K.half_to_f32(_u8(raw, s_t).view(np.uint16), s_t.dtype)
-                biases = K.half_to_f32(_u8(raw, b_t).view(np.uint16), b_t.dtype)
+                scales, biases = _floats(raw, s_t), _floats(raw, b_t)
                 end = off + K.matrix_bytes(fmt, o_dim, i_dim, gs)
                 K.repack_quantized(
                     w, scales, biases, st.bits, fmt, o_dim, i_dim, gs, f, dst[off:end]

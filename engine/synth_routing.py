@@ -70,6 +70,8 @@ N_SPECIAL = 2
 
 # Fractions of the embedding's (unit) norm along the DC, topic and token directions.
 _A_DC, _A_TOPIC, _A_TOK = 0.5, 0.5, float(np.sqrt(0.5))
+# Largest vocab x hidden whose token directions are drawn at once (bench: 8192 x 1024).
+_WHOLE_MAX = 1 << 24
 
 
 class RoutingPlan:
@@ -94,8 +96,15 @@ class RoutingPlan:
         self.position[self.cycle] = np.arange(len(self.cycle))
         # Classes alternate along the walk, so consecutive tokens of a run differ in class.
         self.topic = topic * C + self.position % C  # [V] row of topic_dirs
-        r = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
-        self.token_dirs = r
+        # pred[v]: the token whose successor is v (-1 for bos/eos); lm_head row v points at it.
+        self.pred = np.full(vocab, -1, dtype=np.int64)
+        self.pred[np.roll(self.cycle, -1)] = self.cycle
+        # Small plans draw all token directions from the plan's stream at once (the bytes every
+        # toy preset has always had); a real vocabulary x hidden is gigabytes, so large plans
+        # seed each row on its own and build any block of rows on demand.
+        self._all_dirs: np.ndarray | None = None
+        if vocab * hidden <= _WHOLE_MAX:
+            self._all_dirs = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RoutingPlan:
@@ -144,16 +153,36 @@ class RoutingPlan:
 
     # ---- planted tensors (float32 numpy) -------------------------------------------------------
 
-    def embedding(self) -> np.ndarray:
-        """[V, H] with rms 1 per row: DC + topic + token parts."""
-        e = _A_DC * self.u0 + _A_TOPIC * self.topic_dirs[self.topic] + _A_TOK * self.token_dirs
+    def token_dirs(self, rows: np.ndarray) -> np.ndarray:
+        """[n, H] unit token directions of the given token ids."""
+        if self._all_dirs is not None:
+            return self._all_dirs[rows]
+        # float32 throughout: a real vocabulary takes minutes in float64 and gains nothing.
+        g = np.empty((len(rows), self.hidden), dtype=np.float32)
+        for i, v in enumerate(rows):
+            rng = np.random.default_rng([self.seed, 0x70CE, int(v)])
+            g[i] = rng.standard_normal(self.hidden, dtype=np.float32)
+        b = self._basis.astype(np.float32)
+        g -= (g @ b) @ b.T
+        return g / np.linalg.norm(g, axis=-1, keepdims=True)
+
+    def embedding(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows [lo, hi) of the [V, H] embedding, rms 1 per row: DC + topic + token parts."""
+        rows = np.arange(lo, self.vocab if hi is None else hi)
+        e = (
+            _A_DC * self.u0
+            + _A_TOPIC * self.topic_dirs[self.topic[rows]]
+            + _A_TOK * self.token_dirs(rows)
+        )
         return (e * np.sqrt(self.hidden)).astype(np.float32)
 
-    def lm_head(self) -> np.ndarray:
-        """[V, H]: the row of succ(v) is v's token direction, so argmax(next) = succ(current)."""
-        succ = np.roll(self.cycle, -1)  # succ[i] follows cycle[i]
-        out = np.zeros((self.vocab, self.hidden), dtype=np.float32)  # specials: logit 0, never top
-        out[succ] = self.token_dirs[self.cycle]
+    def lm_head(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows [lo, hi) of the [V, H] lm_head: row succ(v) is v's token direction, so
+        argmax(next) = succ(current); bos/eos rows are 0 (logit 0, never top)."""
+        rows = np.arange(lo, self.vocab if hi is None else hi)
+        out = np.zeros((len(rows), self.hidden), dtype=np.float32)
+        on = self.pred[rows] >= 0
+        out[on] = self.token_dirs(self.pred[rows][on])
         return out
 
     def router(self, layer: int) -> np.ndarray:

@@ -200,9 +200,10 @@ def _real_config(
 def _check_layers(preset: str, cfg: dict[str, Any], layers: int) -> None:
     first_moe = int(cfg.get("first_k_dense_replace", 0))
     if isinstance(layers, bool) or not isinstance(layers, int) or layers <= first_moe:
+        why = f" (its first {first_moe} are dense)" if first_moe else ""
         raise CheckpointError(
-            f"--layers {layers}: preset {preset} needs at least {first_moe + 1} layer(s) "
-            f"(its first {first_moe} are dense) so the model has an MoE layer"
+            f"--layers {layers}: preset {preset} needs at least {first_moe + 1} layer(s){why} "
+            "so the model has an MoE layer"
         )
 
 

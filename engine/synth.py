@@ -28,8 +28,16 @@ from mlx.utils import tree_flatten
 
 from engine.errors import CheckpointError, StoreExists
 from engine.families import FAMILIES, build_skeleton
-from engine.synth_presets import ALL_PRESETS, PRESETS, REAL_PRESETS, Preset, RealPreset
-from engine.synth_routing import RoutingKnobs, RoutingPlan
+from engine.synth_presets import (
+    ALL_PRESETS,
+    PRESETS,
+    REAL_PRESETS,
+    Preset,
+    RealPreset,
+    check_layers,
+    real_config,
+)
+from engine.synth_routing import RoutingKnobs, RoutingPlan, depth_scale
 from engine.synth_write import Group, Put, TensorSpec, row_chunks, write_shards
 from engine.synth_write import progress as progress_bar
 
@@ -57,15 +65,18 @@ def make_config(
     seed: int = 0,
     knobs: RoutingKnobs | None = None,
     layers: int | None = None,
+    *,
+    runnable: bool = True,
 ) -> dict[str, Any]:
     """config.json for a family/preset with the family's real HF keys plus a `synth` record.
 
     family: required for the toy presets; a real-shape preset names its own (None = that one).
-    layers: keep this many layers (None = the preset's depth).
+    layers: keep this many layers (None = the preset's depth). runnable=False: allow a preset
+    whose family the engine cannot run yet (its routing plan can still be studied).
     """
     spec = _check_preset(preset)
     if isinstance(spec, RealPreset):
-        return _real_config(preset, spec, family, seed, knobs, layers)
+        return real_config(preset, spec, family, seed, knobs, layers, runnable)
     if family not in SYNTH_FAMILIES:
         what = f"unknown family {family!r}" if family else f"preset {preset} needs --family"
         raise CheckpointError(f"{what}; choose one of {', '.join(SYNTH_FAMILIES)}")
@@ -149,62 +160,10 @@ def make_config(
             "attention_bias": False,
         }
     if layers is not None:
-        _check_layers(preset, cfg, layers)
+        check_layers(preset, cfg, layers)
         cfg["num_hidden_layers"] = layers
     cfg["synth"] = {"family": family, "preset": preset, "seed": seed, **knobs.to_dict()}
     return cfg
-
-
-def _real_config(
-    name: str,
-    spec: RealPreset,
-    family: str | None,
-    seed: int,
-    knobs: RoutingKnobs | None,
-    layers: int | None,
-) -> dict[str, Any]:
-    """The published config.json (depth cut to `layers`) and a `synth` record saying so."""
-    if family is not None and family != spec.family:
-        raise CheckpointError(
-            f"preset {name} is a {spec.family} model; drop --family or pass --family {spec.family}"
-        )
-    if spec.family not in FAMILIES:
-        raise CheckpointError(
-            f"preset {name} needs the {spec.family} family, which this engine does not run "
-            f"yet (engine/families.py); pick another preset"
-        )
-    cfg: dict[str, Any] = {
-        **spec.config,
-        "tie_word_embeddings": False,  # lm_head plants the decode walk, embedding the routing
-        "hidden_act": "silu",
-        "torch_dtype": "bfloat16",
-        "bos_token_id": 0,  # the synthetic tokenizer's specials, off the planted walk
-        "eos_token_id": 1,
-    }
-    n = spec.layers if layers is None else layers
-    _check_layers(name, cfg, n)
-    cfg["num_hidden_layers"] = n
-    knobs = knobs or spec.knobs
-    cfg["synth"] = {
-        "family": spec.family,
-        "preset": name,
-        "seed": seed,
-        "published_model": spec.model,
-        "published_layers": spec.layers,
-        "layers": n,
-        **knobs.to_dict(),
-    }
-    return cfg
-
-
-def _check_layers(preset: str, cfg: dict[str, Any], layers: int) -> None:
-    first_moe = int(cfg.get("first_k_dense_replace", 0))
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers <= first_moe:
-        why = f" (its first {first_moe} are dense)" if first_moe else ""
-        raise CheckpointError(
-            f"--layers {layers}: preset {preset} needs at least {first_moe + 1} layer(s){why} "
-            "so the model has an MoE layer"
-        )
 
 
 # ---- tensor plan ---------------------------------------------------------------------------
@@ -255,6 +214,7 @@ class TensorMaker:
     def __init__(self, config: dict[str, Any], seed: int, knobs: RoutingKnobs) -> None:
         self.seed, self.knobs = seed, knobs
         self.plan = RoutingPlan.from_config(config)
+        self.drift = knobs.drift * depth_scale(config)
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> mx.array:
         if name.endswith("e_score_correction_bias"):
@@ -279,7 +239,7 @@ class TensorMaker:
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
         std = 1.0 / np.sqrt(shape[-1])
         if _OUTPUT_PROJ.search(name) or name.endswith("shared_expert_gate.weight"):
-            std *= self.knobs.drift
+            std *= self.drift
             if "o_proj" in name:
                 std *= _ATTN_SHARE
             elif "shared_expert" in name:

@@ -3,13 +3,14 @@
 A real-shape preset is data: the published model's own config.json keys (every per-layer shape
 as released), the routing knobs calibrated to published cache figures for that model, and the
 figures themselves with their source (`benchmarks/routing_stats.py` prints ours beside them).
-Enabling a preset whose family the engine cannot run yet is one change: add the family to
-`engine.families.FAMILIES` (and `synth.SYNTH_FAMILIES`); the entry below needs no edit.
+A preset whose family the engine cannot run yet is refused by name; registering the family in
+`engine.families.FAMILIES` enables it, the entry below needs no edit (qwen3.5-397b-a17b waits
+for `qwen3_5_moe`; its Gated DeltaNet tensors will get synth's generic random init).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import CheckpointError
@@ -66,7 +67,6 @@ class RealPreset:
     prompt_len: int = 48
     decode_tokens: int = 64
     shard_bytes: int = 5 << 30  # as mlx-community / HF shard their uploads
-    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -107,7 +107,9 @@ REAL_PRESETS: dict[str, RealPreset] = {
             "rope_theta": 1000000.0,
             "max_position_embeddings": 40960,
         },
-        knobs=RoutingKnobs(n_topics=64, pool_fraction=0.15, class_share=0.25, skew=1.0, drift=1.0),
+        knobs=RoutingKnobs(
+            n_topics=64, pool_fraction=0.17, class_share=0.25, skew=1.4, drift=1.0, run_length=64
+        ),
         figures=(
             Figure("hit_rate", 0.53, 0.11),
             Figure("hit_rate", 0.76, 0.23),
@@ -206,7 +208,9 @@ REAL_PRESETS: dict[str, RealPreset] = {
             "rope_theta": 50000.0,
             "max_position_embeddings": 131072,
         },
-        knobs=RoutingKnobs(n_topics=64, pool_fraction=0.15, class_share=0.45, skew=0.8, drift=0.8),
+        knobs=RoutingKnobs(
+            n_topics=64, pool_fraction=0.15, class_share=0.3, skew=0.8, drift=0.8, run_length=128
+        ),
         figures=(
             Figure("hit_rate", 0.67, 0.125),
             Figure("hit_rate", 0.81, 0.25),
@@ -246,7 +250,9 @@ REAL_PRESETS: dict[str, RealPreset] = {
             "rms_norm_eps": 1e-6,
             "max_position_embeddings": 262144,
         },
-        knobs=RoutingKnobs(n_topics=64, pool_fraction=0.15, class_share=0.45, skew=0.8, drift=0.8),
+        knobs=RoutingKnobs(
+            n_topics=64, pool_fraction=0.15, class_share=0.3, skew=0.8, drift=0.8, run_length=128
+        ),
         figures=(
             Figure("hit_rate", 0.67, 0.125),
             Figure("hit_rate", 0.81, 0.25),

@@ -31,19 +31,25 @@ def test_plan_estimate_matches_mlx_lm_on_a_built_model(
     assert simulate(flat, (0.25,)).reuse_vs_chance < 1.4
 
 
+# How far the first 4 MoE layers may sit from a published figure: they carry less accumulated
+# drift than the model's average layer (benchmarks/routing_stats.py runs full depth).
+TOLERANCE = {"hit_rate": 0.08, "reuse_vs_chance": 0.35, "next_layer_recall": 0.06}
+
+
 @pytest.mark.parametrize("name", ["qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b"])
 def test_preset_knobs_land_on_published_figures(name: str) -> None:
-    # First 4 MoE layers, two prompts: a cheap version of benchmarks/routing_stats.py.
     spec = REAL_PRESETS[name]
     fractions = tuple(f.cache_fraction for f in spec.figures if f.cache_fraction)
     s = simulate(make_config(None, name), fractions, 4, prompts=2)
     for f in spec.figures:
-        if f.metric != "hit_rate":
-            continue
+        ours = {
+            "hit_rate": s.hit_rate.get(f.cache_fraction or 0.0, 0.0),
+            "reuse_vs_chance": s.reuse_vs_chance,
+            "next_layer_recall": s.next_layer_recall,
+        }[f.metric]
         lo, hi = f.value if isinstance(f.value, tuple) else (f.value, f.value)
-        assert lo - 0.08 <= s.hit_rate[f.cache_fraction] <= hi + 0.08, (f, s)
-    assert 1.4 <= s.reuse_vs_chance <= 2.6, s
-    assert 0.6 <= s.next_layer_recall <= 0.97, s
+        tol = TOLERANCE[f.metric]
+        assert lo - tol <= ours <= hi + tol, (f, s)
 
 
 def test_depth_scale_keeps_a_cut_model_equal_to_the_full_one() -> None:

@@ -86,7 +86,10 @@ KEYS = {
     "probe": {"suite", "probe_command"},
     "fidelity": {"screen", "keep"},
 }  # fmt: skip
-SYNTH_PRESETS = ("tiny", "small", "bench")
+SYNTH_PRESETS = (  # = engine.synth_presets.ALL_PRESETS, kept here so loading a study skips mlx
+    "tiny", "small", "bench",
+    "qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "kimi-k2", "qwen3.5-397b-a17b",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,18 @@ from engine.errors import EngineError
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """Write a synthetic MoE checkpoint with planted routing structure.
+    """Write a synthetic MoE checkpoint (random weights, planted routing structure).
 
     Weights are random, routing is not: popularity skew, topic persistence across consecutive
     tokens and cross-layer predictability are planted so caches and prefetch behave as in real
-    models. Presets: tiny (tests, a few MB), small (demo, ~400 MB), bench (GBs, I/O-bound).
+    models. Toy presets (need --family): tiny (tests, a few MB), small (demo, ~400 MB), bench
+    (GBs, I/O-bound). Real-shape presets carry a published model's per-layer shapes and routing
+    calibrated to its published cache figures: qwen3-30b-a3b, olmoe-1b-7b, mixtral-8x7b,
+    kimi-k2, qwen3.5-397b-a17b (once its family runs); use --layers to fit a disk.
+    --quantize 4|8 writes mlx-community's quantized layout (as `mlx_lm convert -q` would),
+    layer by layer in bounded RAM.
     Any family `families` lists as streaming can be built at tiny size (mlx-community layout, or
-    HF layout where its HF key names are known); the five HF families take every preset.
+    HF layout where its HF key names are known).
     """
     from engine.synth_generic import synthesize_family
 
@@ -32,6 +37,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         force=args.force,
         layout=args.layout,
+        layers=args.layers,
+        quantize=args.quantize,
+        group_size=args.group_size,
+        progress=None if args.progress is None else args.progress == "on",
     )
     print(f"wrote {out}")
     return 0
@@ -120,12 +129,22 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Handler) -> argparse.ArgumentParser:
         return add_command(sub, name, fn)
 
+    from engine.synth import QUANT_BITS
     from engine.synth_generic import SYNTH_FAMILIES
+    from engine.synth_presets import ALL_PRESETS
 
     sp = add("synth", cmd_synth)
     sp.add_argument("out", help="output checkpoint directory")
-    sp.add_argument("--family", required=True, choices=list(SYNTH_FAMILIES))
-    sp.add_argument("--preset", default="tiny", choices=["tiny", "small", "bench"])
+    sp.add_argument(
+        "--family", choices=list(SYNTH_FAMILIES), help="architecture (toy presets; required)"
+    )
+    sp.add_argument("--preset", default="tiny", choices=list(ALL_PRESETS))
+    sp.add_argument("--layers", type=int, help="keep this many layers (default: all)")
+    sp.add_argument(
+        "--quantize", type=int, choices=list(QUANT_BITS), help="write mlx-community's N-bit layout"
+    )
+    sp.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128])
+    sp.add_argument("--progress", choices=["on", "off"], help="default: on above 1 GiB")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
     sp.add_argument(

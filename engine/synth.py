@@ -3,9 +3,12 @@
 The tensor list comes from mlx-lm itself: `build_skeleton(config)` gives the model with lazy
 parameters, whose names/shapes are the post-sanitize ones; stacked experts are mapped back to
 per-expert HF names (`Family.hf_expert_key`) and deepseek's MLA `embed_q`/`unembed_out` back to
-HF's `kv_b_proj`. Tensors are generated per name from a seeded RNG (order-independent, so shards
-are byte-identical for a seed), one shard at a time (bounded RAM), into a temp dir renamed into
-place at the end. The planted routing structure lives in `engine.synth_routing`.
+HF's `kv_b_proj`. Tensors are generated per name from a seeded RNG (order-independent, so files
+are byte-identical for a seed) and streamed into shards a block of rows at a time
+(`engine.synth_write`: bounded RAM), into a temp dir renamed into place at the end. With
+`quantize` the checkpoint is written in mlx-community's quantized layout instead
+(`engine.synth_quant`). Presets live in `engine.synth_presets`, the planted routing structure in
+`engine.synth_routing`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import re
 import shutil
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +27,60 @@ from mlx.utils import tree_flatten
 
 from engine.errors import CheckpointError, EngineError, StoreExists
 from engine.families import FAMILIES, build_skeleton
-from engine.synth_routing import RoutingKnobs, RoutingPlan
+from engine.synth_presets import (
+    ALL_PRESETS,
+    PRESETS,
+    REAL_PRESETS,
+    Preset,
+    RealPreset,
+    check_layers,
+    real_config,
+)
+from engine.synth_routing import RoutingKnobs, RoutingPlan, depth_scale
+from engine.synth_write import Group, Put, TensorSpec, row_chunks, write_shards
+from engine.synth_write import progress as progress_bar
 from engine.tmpdirs import make_tmp
+
+__all__ = ["PRESETS", "REAL_PRESETS", "SYNTH_FAMILIES", "make_config", "synthesize"]
+
+SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
+QUANT_BITS = (4, 8)
+_KNOB_FIELDS = set(RoutingKnobs.__dataclass_fields__)
+
 
 SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Model size; routing structure is the same for every preset."""
-
-    hidden: int  # multiple of 128: expert matrices' input dim must fit every quant group size
-    layers: int
-    experts: int
-    top_k: int
-    moe_inter: int  # multiple of 128 for the same reason (down_proj's input)
-    vocab: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    dense_inter: int  # deepseek's first dense layer
-    shard_bytes: int  # target shard size; tiny is sharded too so tests see an index
-    prompts: int  # probe prompts
-    prompt_len: int
-    decode_tokens: int
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(128, 3, 16, 4, 128, 512, 4, 2, 32, 256, 2 << 20, 3, 32, 16),
-    "small": Preset(512, 8, 64, 8, 256, 4096, 8, 4, 64, 1024, 128 << 20, 4, 48, 64),
-    "bench": Preset(1024, 12, 128, 8, 512, 8192, 16, 4, 64, 2048, 512 << 20, 4, 48, 64),
-}
+def _check_preset(name: str) -> Preset | RealPreset:
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in REAL_PRESETS:
+        return REAL_PRESETS[name]
+    raise CheckpointError(f"unknown preset {name!r}; choose one of {', '.join(ALL_PRESETS)}")
 
 
 def make_config(
-    family: str, preset: str, seed: int = 0, knobs: RoutingKnobs | None = None
+    family: str | None,
+    preset: str,
+    seed: int = 0,
+    knobs: RoutingKnobs | None = None,
+    layers: int | None = None,
+    *,
+    runnable: bool = True,
 ) -> dict[str, Any]:
-    """config.json for a family/preset with the family's real HF keys plus a `synth` record."""
+    """config.json for a family/preset with the family's real HF keys plus a `synth` record.
+
+    family: required for the toy presets; a real-shape preset names its own (None = that one).
+    layers: keep this many layers (None = the preset's depth). runnable=False: allow a preset
+    whose family the engine cannot run yet (its routing plan can still be studied).
+    """
+    spec = _check_preset(preset)
+    if isinstance(spec, RealPreset):
+        return real_config(preset, spec, family, seed, knobs, layers, runnable)
     if family not in SYNTH_FAMILIES:
-        raise CheckpointError(
-            f"unknown family {family!r}; choose one of {', '.join(SYNTH_FAMILIES)}"
-        )
-    if preset not in PRESETS:
-        raise CheckpointError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    p, knobs = PRESETS[preset], knobs or RoutingKnobs()
+        what = f"unknown family {family!r}" if family else f"preset {preset} needs --family"
+        raise CheckpointError(f"{what}; choose one of {', '.join(SYNTH_FAMILIES)}")
+    p, knobs = spec, knobs or RoutingKnobs()
     arch = {
         "qwen3_moe": "Qwen3MoeForCausalLM",
         "mixtral": "MixtralForCausalLM",
@@ -147,6 +159,9 @@ def make_config(
             "num_key_value_heads": p.heads,
             "attention_bias": False,
         }
+    if layers is not None:
+        check_layers(preset, cfg, layers)
+        cfg["num_hidden_layers"] = layers
     cfg["synth"] = {"family": family, "preset": preset, "seed": seed, **knobs.to_dict()}
     return cfg
 
@@ -199,6 +214,7 @@ class TensorMaker:
     def __init__(self, config: dict[str, Any], seed: int, knobs: RoutingKnobs) -> None:
         self.seed, self.knobs = seed, knobs
         self.plan = RoutingPlan.from_config(config)
+        self.drift = knobs.drift * depth_scale(config)
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> mx.array:
         if name.endswith("e_score_correction_bias"):
@@ -206,10 +222,15 @@ class TensorMaker:
             return mx.zeros(shape, dtype=mx.float32)
         return mx.array(self._f32(name, shape)).astype(mx.bfloat16)
 
+    def rows(self, name: str, lo: int, hi: int) -> mx.array:
+        """Rows [lo, hi) of the embedding or lm_head (bf16), without building the whole one."""
+        f = self.plan.embedding if is_vocab_tensor(name) == "embed" else self.plan.lm_head
+        return mx.array(f(lo, hi)).astype(mx.bfloat16)
+
     def _f32(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name == "model.embed_tokens.weight":
+        if is_vocab_tensor(name) == "embed":
             return self.plan.embedding()
-        if name == "lm_head.weight":
+        if is_vocab_tensor(name) == "lm_head":
             return self.plan.lm_head()
         if _ROUTER.search(name):
             return self.plan.router(int(_LAYER.search(name).group(1)))  # type: ignore[union-attr]
@@ -218,7 +239,7 @@ class TensorMaker:
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
         std = 1.0 / np.sqrt(shape[-1])
         if _OUTPUT_PROJ.search(name) or name.endswith("shared_expert_gate.weight"):
-            std *= self.knobs.drift
+            std *= self.drift
             if "o_proj" in name:
                 std *= _ATTN_SHARE
             elif "shared_expert" in name:
@@ -226,24 +247,42 @@ class TensorMaker:
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
 
-def _shards(
-    plan: list[tuple[str, tuple[int, ...]]], shard_bytes: int
-) -> list[list[tuple[str, tuple[int, ...]]]]:
-    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
+def is_vocab_tensor(name: str) -> str | None:
+    """ "embed" / "lm_head" for the [vocab, hidden] tensors (written in row blocks), else None."""
+    if name.endswith("embed_tokens.weight"):
+        return "embed"
+    if name.endswith("lm_head.weight"):
+        return "lm_head"
+    return None
+
+
+def vocab_block(hidden: int) -> int:
+    """Rows per block of a vocab tensor: ~16 MiB of float32 at a time."""
+    return max(1, (16 << 20) // (4 * hidden))
+
+
+def _hf_groups(plan: list[tuple[str, tuple[int, ...]]], make: TensorMaker) -> list[Group]:
+    groups = []
     for name, shape in plan:
-        n = int(np.prod(shape)) * 2
-        if shards[-1] and size + n > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shape))
-        size += n
-    return shards
+        dtype = "F32" if name.endswith("e_score_correction_bias") else "BF16"
+        if is_vocab_tensor(name):
+
+            def fill(put: Put, name: str = name, shape: tuple[int, ...] = shape) -> None:
+                for lo, hi in row_chunks(shape[0], vocab_block(shape[1])):
+                    put(name, lo, make.rows(name, lo, hi))
+
+        else:
+
+            def fill(put: Put, name: str = name, shape: tuple[int, ...] = shape) -> None:
+                put(name, 0, make(name, shape))
+
+        groups.append(Group((TensorSpec(name, shape, dtype),), fill))
+    return groups
 
 
 def probe_suite(plan: RoutingPlan, preset_name: str, seed: int) -> dict[str, Any]:
     """The default probes: prompts that follow the decode walk's topic runs."""
-    preset = PRESETS[preset_name]
+    preset = _check_preset(preset_name)
     ids = plan.prompts(preset.prompts, preset.prompt_len)
     return {
         "name": f"synth-{preset_name}",
@@ -277,28 +316,44 @@ def write_tokenizer(out: Path, vocab: int) -> None:
 
 def synthesize(
     out: Path,
-    family: str,
+    family: str | None = None,
     preset: str = "tiny",
     seed: int = 0,
     force: bool = False,
     knobs: RoutingKnobs | None = None,
     progress: bool | None = None,
+    *,
+    layers: int | None = None,
+    quantize: int | None = None,
+    group_size: int = 64,
 ) -> Path:
     """Write the checkpoint to `out` (atomically) and return `out`.
 
-    progress: show a rich progress bar; None = only for the bench preset.
+    layers: keep this many of the preset's layers. quantize: 4 or 8 = write mlx-community's
+    quantized layout (what `mlx_lm convert -q --q-bits N` would write from the HF checkpoint).
+    progress: show a rich progress bar; None = only when the model is over 1 GiB.
     """
     out = Path(out)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise CheckpointError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    knobs = knobs or RoutingKnobs()
-    config = make_config(family, preset, seed, knobs)
+    config = make_config(family, preset, seed, knobs, layers)
+    if quantize is not None and quantize not in QUANT_BITS:
+        raise CheckpointError(
+            f"--quantize {quantize}: choose one of {', '.join(map(str, QUANT_BITS))}"
+        )
     if out.exists() and not force:
         raise StoreExists(f"{out}: already exists; pass --force to replace it")
-    p = PRESETS[preset]
-    plan = tensor_plan(config)
-    shards = _shards(plan, p.shard_bytes)
+    knobs = RoutingKnobs(**{k: v for k, v in config["synth"].items() if k in _KNOB_FIELDS})
     make = TensorMaker(config, seed, knobs)
+    if quantize is None:
+        groups, meta, out_config = _hf_groups(tensor_plan(config), make), {"format": "pt"}, config
+    else:
+        from engine.synth_quant import quantized_groups
+
+        groups, out_config = quantized_groups(config, make, quantize, group_size)
+        meta = {"format": "mlx"}
+    total = sum(g.nbytes for g in groups)
+    show = total > (1 << 30) if progress is None else progress
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         # .<name>.<pid>-XXXX: a synth killed with -9 leaves it; the next synth removes it.
@@ -306,23 +361,15 @@ def synthesize(
     except OSError as e:
         raise CheckpointError(f"{out}: cannot create it ({e}); is a parent a file?") from None
     try:
-        weight_map: dict[str, str] = {}
-        total = 0
-        with _Progress(progress if progress is not None else preset == "bench", len(plan)) as bar:
-            for i, names in enumerate(shards, 1):
-                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                tensors: dict[str, mx.array] = {}
-                for name, shape in names:
-                    tensors[name] = make(name, shape)
-                    total += tensors[name].nbytes
-                    weight_map[name] = fname
-                    bar(1)
-                mx.eval(list(tensors.values()))
-                mx.save_safetensors(str(tmp / fname), tensors, metadata={"format": "pt"})
-                del tensors  # bounded RAM: one shard in memory at a time
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        with progress_bar(show, total, f"synth {preset}") as advance:
+            index = write_shards(tmp, groups, _check_preset(preset).shard_bytes, meta, advance)
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if quantize is None:
+            (tmp / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
+        else:  # mlx-lm's own writer: sorted keys, quantization_config mirrored, as convert does
+            from mlx_lm.utils import save_config
+
+            save_config(out_config, config_path=tmp / "config.json")
         (tmp / "probe_suite.toml").write_bytes(
             tomli_w.dumps(probe_suite(make.plan, preset, seed)).encode()
         )
@@ -342,25 +389,3 @@ def synthesize(
             ) from e
         raise
     return out
-
-
-class _Progress:
-    """A rich progress bar when wanted, else a no-op; yields a callable advancing it."""
-
-    def __init__(self, show: bool, total: int) -> None:
-        self.show, self.total = show, total
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.show:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self._bar = Progress()
-        self._bar.start()
-        task = self._bar.add_task("synth tensors", total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

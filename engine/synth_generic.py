@@ -159,13 +159,27 @@ def synthesize_family(
     knobs: RoutingKnobs | None = None,
     progress: bool | None = None,
     layout: str | None = None,
+    *,
+    layers: int | None = None,
+    quantize: int | None = None,
+    group_size: int = 64,
 ) -> Path:
-    """`engine.synth.synthesize` for its HF-layout families (any preset), else the tiny model
-    of this file; layout None = HF for engine.synth's families, mlx for the others."""
+    """`engine.synth.synthesize` for its HF-layout families and real-shape presets (which name
+    their family), else the tiny model of this file; layout None = HF for engine.synth's
+    families, mlx for the others. layers/quantize/group_size: engine.synth's."""
     from engine import synth
 
-    if family in synth.SYNTH_FAMILIES and layout in (None, "hf"):
-        return synth.synthesize(out, family, preset, seed, force, knobs, progress)
+    if (family is None or family in synth.SYNTH_FAMILIES) and layout in (None, "hf"):
+        return synth.synthesize(
+            out, family, preset, seed, force, knobs, progress,
+            layers=layers, quantize=quantize, group_size=group_size,
+        )  # fmt: skip
+    if layers is not None or quantize is not None:
+        raise CheckpointError(
+            f"--layers/--quantize apply to engine/synth.py's presets, not to family {family!r}"
+        )
+    if family is None:
+        raise CheckpointError("--family is needed with a toy preset")
     if preset != "tiny":
         raise CheckpointError(
             f"family {family!r} is synthesized at preset 'tiny' only, not {preset!r}; "

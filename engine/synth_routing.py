@@ -1,4 +1,4 @@
-"""Planted routing structure for synthetic checkpoints, and the figures that measure it.
+"""Planted routing structure for synthetic checkpoints (measured by `engine.synth_measure`).
 
 The residual stream of a synthetic model is dominated by the token embedding (layers add small
 `drift`-scaled perturbations), so a router sees roughly its token's embedding:
@@ -20,19 +20,23 @@ decode keeps that locality instead of collapsing into a loop.
 
 from __future__ import annotations
 
-import itertools
-import tomllib
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.families import Family, family_for, moe_blocks
+from engine.families import family_for
+
+# The measuring half lives in engine.synth_measure; these names stay importable from here.
+from engine.synth_measure import (  # noqa: F401
+    RouteRecord,
+    load_suite,
+    lru_hit_rate,
+    record_routing,
+    reuse_fraction,
+    routing_stats,
+)
 
 
 @dataclass(frozen=True)
@@ -65,11 +69,26 @@ class RoutingKnobs:
         return asdict(self)
 
 
+def depth_scale(config: dict[str, Any]) -> float:
+    """Factor on every layer's drift: sqrt(8 / published depth) for a real-shape preset.
+
+    The default knobs are calibrated on 8-layer models; a 61-layer model with the same drift
+    per layer would bury the planted routing under accumulated noise by its last layers. This
+    keeps the total drift at the last layer the same for any depth, and uses the published
+    depth, not --layers, so a model cut to N layers has the full model's first N layers.
+    """
+    synth = config.get("synth") or {}
+    published = synth.get("published_layers")
+    return float(np.sqrt(8 / published)) if published else 1.0
+
+
 # Token ids 0 (bos) and 1 (eos) are special: off the decode walk.
 N_SPECIAL = 2
 
 # Fractions of the embedding's (unit) norm along the DC, topic and token directions.
 _A_DC, _A_TOPIC, _A_TOK = 0.5, 0.5, float(np.sqrt(0.5))
+# Largest vocab x hidden whose token directions are drawn at once (bench: 8192 x 1024).
+_WHOLE_MAX = 1 << 24
 
 
 class RoutingPlan:
@@ -94,8 +113,15 @@ class RoutingPlan:
         self.position[self.cycle] = np.arange(len(self.cycle))
         # Classes alternate along the walk, so consecutive tokens of a run differ in class.
         self.topic = topic * C + self.position % C  # [V] row of topic_dirs
-        r = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
-        self.token_dirs = r
+        # pred[v]: the token whose successor is v (-1 for bos/eos); lm_head row v points at it.
+        self.pred = np.full(vocab, -1, dtype=np.int64)
+        self.pred[np.roll(self.cycle, -1)] = self.cycle
+        # Small plans draw all token directions from the plan's stream at once (the bytes every
+        # toy preset has always had); a real vocabulary x hidden is gigabytes, so large plans
+        # seed each row on its own and build any block of rows on demand.
+        self._all_dirs: np.ndarray | None = None
+        if vocab * hidden <= _WHOLE_MAX:
+            self._all_dirs = self._orthogonal_unit(rng.standard_normal((vocab, hidden)))  # [V, H]
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RoutingPlan:
@@ -105,7 +131,11 @@ class RoutingPlan:
             raise CheckpointError("config.json has no `synth` record: not a synthetic checkpoint")
         fields = RoutingKnobs.__dataclass_fields__
         knobs = RoutingKnobs(**{k: v for k, v in synth.items() if k in fields})
-        experts = int(config[family_for(config).num_experts_key])
+        # Any MoE config key naming the routed experts, so a plan needs no runnable family.
+        keys = ("num_experts", "num_local_experts", "n_routed_experts")
+        experts = next((int(config[k]) for k in keys if k in config), None)
+        if experts is None:
+            experts = int(config[family_for(config).num_experts_key])  # raises a clear error
         return cls(
             hidden=int(config["hidden_size"]),
             vocab=int(config["vocab_size"]),
@@ -144,16 +174,39 @@ class RoutingPlan:
 
     # ---- planted tensors (float32 numpy) -------------------------------------------------------
 
-    def embedding(self) -> np.ndarray:
-        """[V, H] with rms 1 per row: DC + topic + token parts."""
-        e = _A_DC * self.u0 + _A_TOPIC * self.topic_dirs[self.topic] + _A_TOK * self.token_dirs
+    def token_dirs(self, rows: np.ndarray) -> np.ndarray:
+        """[n, H] unit token directions of the given token ids."""
+        if self._all_dirs is not None:
+            return self._all_dirs[rows]
+        # float32 throughout: a real vocabulary takes minutes in float64 and gains nothing.
+        g = np.empty((len(rows), self.hidden), dtype=np.float32)
+        for i, v in enumerate(rows):
+            rng = np.random.default_rng([self.seed, 0x70CE, int(v)])
+            g[i] = rng.standard_normal(self.hidden, dtype=np.float32)
+        b = self._basis.astype(np.float32)
+        g -= (g @ b) @ b.T
+        return g / np.linalg.norm(g, axis=-1, keepdims=True)
+
+    def embedding(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows [lo, hi) of the [V, H] embedding, rms 1 per row: DC + topic + token parts."""
+        return self.embedding_rows(np.arange(lo, self.vocab if hi is None else hi))
+
+    def embedding_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The embedding rows of token ids `rows`: [n, H]."""
+        e = (
+            _A_DC * self.u0
+            + _A_TOPIC * self.topic_dirs[self.topic[rows]]
+            + _A_TOK * self.token_dirs(rows)
+        )
         return (e * np.sqrt(self.hidden)).astype(np.float32)
 
-    def lm_head(self) -> np.ndarray:
-        """[V, H]: the row of succ(v) is v's token direction, so argmax(next) = succ(current)."""
-        succ = np.roll(self.cycle, -1)  # succ[i] follows cycle[i]
-        out = np.zeros((self.vocab, self.hidden), dtype=np.float32)  # specials: logit 0, never top
-        out[succ] = self.token_dirs[self.cycle]
+    def lm_head(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows [lo, hi) of the [V, H] lm_head: row succ(v) is v's token direction, so
+        argmax(next) = succ(current); bos/eos rows are 0 (logit 0, never top)."""
+        rows = np.arange(lo, self.vocab if hi is None else hi)
+        out = np.zeros((len(rows), self.hidden), dtype=np.float32)
+        on = self.pred[rows] >= 0
+        out[on] = self.token_dirs(self.pred[rows][on])
         return out
 
     def router(self, layer: int) -> np.ndarray:
@@ -202,174 +255,3 @@ class RoutingPlan:
                 )
             out.append(ids)
         return out
-
-
-# ---- measurement ---------------------------------------------------------------------------
-
-
-def lru_hit_rate(seqs: list[list[list[int]]], capacity: int) -> float:
-    """Hit rate of one LRU per sequence over per-token expert sets (each sequence starts cold).
-
-    A token looks up all its experts before loading the misses, as an engine does, so one of
-    its misses never evicts an expert the same token is about to hit.
-    """
-    hits = total = 0
-    for seq in seqs:
-        cache: OrderedDict[int, None] = OrderedDict()
-        for experts in seq:
-            hit = [e for e in experts if e in cache]
-            hits += len(hit)
-            total += len(experts)
-            for e in hit:
-                cache.move_to_end(e)
-            for e in experts:
-                if e not in cache:
-                    cache[e] = None
-                    if len(cache) > capacity:
-                        cache.popitem(last=False)
-    return hits / max(total, 1)
-
-
-def reuse_fraction(seqs: list[list[list[int]]]) -> float:
-    """Mean share of a token's experts that the previous token also used."""
-    shares = [
-        len(set(cur) & set(prev)) / len(cur)
-        for seq in seqs
-        for prev, cur in itertools.pairwise(seq)
-    ]
-    return float(np.mean(shares)) if shares else 0.0
-
-
-def routing_stats(
-    model_dir: str | Path, prompts: list[dict[str, Any]] | None = None, cache_fraction: float = 0.25
-) -> dict[str, float]:
-    """Route the probe suite through the checkpoint in mlx-lm and measure cache-relevant figures.
-
-    prompts: [{"ids": [...], "decode_tokens": N}, ...]; None = the checkpoint's probe_suite.toml.
-    Returns hit_rate (per-layer LRU holding cache_fraction of experts), reuse (previous-token
-    expert reuse), reuse_vs_chance (reuse / (k/E)), next_layer_recall (layer l+1's router on the
-    hidden state entering layer l's MoE vs l+1's real experts) and decode_distinct (share of
-    distinct tokens among decoded ones; low = greedy decode collapsed into a loop).
-    """
-    rec = record_routing(Path(model_dir), prompts)
-    E, k, layers = rec.num_experts, rec.top_k, rec.layers
-    cap = max(1, round(cache_fraction * E))
-    hit = [lru_hit_rate([p[layer] for p in rec.routes], cap) for layer in layers]
-    reuse = [reuse_fraction([p[layer] for p in rec.routes]) for layer in layers]
-    return {
-        "hit_rate": float(np.mean(hit)),
-        "reuse": float(np.mean(reuse)),
-        "reuse_vs_chance": float(np.mean(reuse)) / (k / E),
-        "next_layer_recall": rec.next_layer_recall,
-        "decode_distinct": rec.decode_distinct,
-        "num_experts": E,
-        "top_k": k,
-        "cache_experts": cap,
-        "moe_layers": len(layers),
-        "tokens": rec.tokens,
-    }
-
-
-# ---- recording routes through mlx-lm -------------------------------------------------------
-
-
-@dataclass
-class RouteRecord:
-    num_experts: int
-    top_k: int
-    layers: list[int]
-    routes: list[dict[int, list[list[int]]]]  # per prompt: layer -> per-token expert ids
-    next_layer_recall: float
-    decode_distinct: float
-    tokens: int
-    decoded: list[list[int]]  # per prompt: greedy tokens (the prompt's last id first)
-
-
-class _Recorder(nn.Module):
-    """Stands in for a block's `switch_mlp`: calls it and keeps the input and routed ids."""
-
-    def __init__(self, inner: nn.Module, sink: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        super().__init__()
-        self.inner = inner
-        self._sink = sink
-
-    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
-        # x: [B, L, H] MoE input, indices: [B, L, k]
-        self._sink.append((np.array(x.astype(mx.float32)), np.array(indices)))
-        return self.inner(x, indices)
-
-
-def _route(family: Family, block: nn.Module, x: mx.array) -> np.ndarray:
-    """Expert ids block's own router picks for x: [N, H] -> [N, k]."""
-    if family.model_type == "deepseek_v3":
-        return np.array(block.gate(x)[0])
-    k = family.get_top_k(block)
-    logits = block.gate(x)  # softmax is monotone: top-k of logits = top-k of probabilities
-    return np.array(mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k])
-
-
-def load_suite(model_dir: Path) -> list[dict[str, Any]]:
-    with open(model_dir / "probe_suite.toml", "rb") as f:
-        return list(tomllib.load(f)["prompts"])
-
-
-def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None) -> RouteRecord:
-    """Prefill + greedy decode each prompt in mlx-lm, recording every MoE layer's routes."""
-    from mlx_lm.models.cache import make_prompt_cache
-    from mlx_lm.utils import load_model
-
-    prompts = prompts if prompts is not None else load_suite(model_dir)
-    model, config = load_model(model_dir, lazy=True, strict=True)
-    model.set_dtype(mx.float32)  # mlx CPU gather_mm runs float32 only; routing is unchanged
-    family = family_for(config)
-    blocks = moe_blocks(model)
-    sinks: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for layer, _, block in blocks:
-        sinks[layer] = []
-        block.switch_mlp = _Recorder(block.switch_mlp, sinks[layer])
-    layers = [b[0] for b in blocks]
-    routes: list[dict[int, list[list[int]]]] = []
-    hits = total = 0
-    distinct: list[float] = []
-    decoded_all: list[list[int]] = []
-    n_tokens = 0
-    for prompt in prompts:
-        for s in sinks.values():
-            s.clear()
-        cache = make_prompt_cache(model)
-        ids = mx.array(prompt["ids"])[None]
-        decoded: list[int] = []
-        for _ in range(int(prompt.get("decode_tokens", 0)) + 1):
-            logits = model(ids, cache=cache)
-            nxt = int(mx.argmax(logits[0, -1]).item())
-            decoded.append(nxt)
-            ids = mx.array([[nxt]])
-        decoded = decoded[:-1]  # the last token was predicted but never fed back
-        distinct.append(len(set(decoded)) / max(len(decoded), 1))
-        decoded_all.append([int(prompt["ids"][-1]), *decoded])
-        per_layer: dict[int, list[list[int]]] = {}
-        xs: dict[int, np.ndarray] = {}
-        for layer in layers:
-            x = np.concatenate([a[0].reshape(-1, a[0].shape[-1]) for a in sinks[layer]])
-            idx = np.concatenate([a[1].reshape(-1, a[1].shape[-1]) for a in sinks[layer]])
-            per_layer[layer] = idx.tolist()
-            xs[layer] = x
-        n_tokens += len(per_layer[layers[0]])
-        routes.append(per_layer)
-        for (la, _, _), (lb, _, block_b) in itertools.pairwise(blocks):
-            pred = _route(family, block_b, mx.array(xs[la]))
-            for p, actual in zip(pred.tolist(), per_layer[lb], strict=True):
-                hits += len(set(p) & set(actual))
-                total += len(actual)
-    E = int(config[family.num_experts_key])
-    k = family.get_top_k(blocks[0][2])
-    return RouteRecord(
-        num_experts=E,
-        top_k=k,
-        layers=layers,
-        routes=routes,
-        next_layer_recall=hits / max(total, 1),
-        decode_distinct=float(np.mean(distinct)) if distinct else 0.0,
-        tokens=n_tokens,
-        decoded=decoded_all,
-    )

@@ -283,8 +283,9 @@ def real_config(
         )
     if runnable and spec.family not in FAMILIES:
         raise CheckpointError(
-            f"preset {name} needs the {spec.family} family, which this engine does not run "
-            f"yet (engine/families.py); pick another preset"
+            f"preset {name}: synth cannot write {spec.family} at real shape yet (its writer "
+            f"knows the HF names of {', '.join(FAMILIES)} only; the family itself streams: "
+            f"`synth --family {spec.family}` builds its tiny model); pick another preset"
         )
     cfg: dict[str, Any] = {
         **spec.config,

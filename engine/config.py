@@ -66,6 +66,10 @@ class EngineConfig:
     # Hard RAM budget for the whole run (process RSS + engine cache + the store's page-cache
     # pages); None = unlimited. Enforced by shrinking caches and evicting pages.
     memory_budget_bytes: int | None = None
+    # The same budget said relative to the model, for studies that must stay in the streaming
+    # regime on any machine: the model's own minimum (dense weights, one token's experts,
+    # runtime) + this fraction of the store's expert bytes. Excludes memory_budget_bytes.
+    expert_memory_fraction: float | None = None
     # Dtype of weights and activations at compute time: "float32" (MLX's CPU kernels are fast
     # and complete in fp32; its CPU gather_mm supports nothing else) or "model" (the checkpoint's
     # dtype, e.g. bfloat16: half the RAM for cached 16-bit experts, slower on CPU).
@@ -108,6 +112,15 @@ class EngineConfig:
             _check_choice("layout", self.layout, LAYOUTS)
         if self.memory_budget_bytes is not None:
             _check_int("memory_budget_bytes", self.memory_budget_bytes, minimum=1)
+        f = self.expert_memory_fraction
+        if f is not None:
+            if not isinstance(f, int | float) or isinstance(f, bool) or not 0 < f <= 1:
+                raise ConfigError(f"expert_memory_fraction must be a number in (0, 1], got {f!r}")
+            if self.memory_budget_bytes is not None:
+                raise ConfigError(
+                    "set memory_budget_bytes or expert_memory_fraction, not both "
+                    "(the fraction defines the budget)"
+                )
         _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _check_choice("compute_path", self.compute_path, COMPUTE_PATHS)
 

@@ -126,11 +126,11 @@ def measure_once(
         quality = compare(reference, eng.model, suite) if reference is not None else {}
         decode_steps = sum(max(p.decode_tokens - 1, 0) for p in suite.prompts)
         compute_path = eng.compute_path
-    budget = config.memory_budget_bytes
+        budget = eng.memory_budget
     if budget is not None and rss + page > budget * BUDGET_SLACK:
         raise MemoryBudgetError(
             f"the run held {rss + page:,} bytes (RSS {rss:,} + the store's page cache "
-            f"{page:,}), over memory_budget_bytes = {budget:,}; this config does not fit it "
+            f"{page:,}), over its memory budget {budget:,}; this config does not fit it "
             "(lower cache_bytes or prefetch, or raise the budget)"
         )
     decode_s = float(np.sum(lat)) if lat else 0.0
@@ -159,6 +159,7 @@ def measure_once(
         "warmup_tokens_excluded": warm_excluded,
         "prefill_tokens": prompt_tokens,
         "compute_path": compute_path,  # who did the math: engine.kernels ("cpu") or MLX
+        "memory_budget_bytes": budget,  # the budget the run held to (None: unbounded)
     }
     return m, (tracer.finish() if tracer is not None else None)
 

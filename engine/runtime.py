@@ -7,6 +7,7 @@ budget arithmetic; each part's mechanism lives in its own file.
 from __future__ import annotations
 
 import functools
+import gc
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -147,7 +148,7 @@ class Engine:
             self.dense_bytes = use_cpu_linears(self.model)
             self.model.set_dtype(mx.float32)
             kernels.warm_up()  # the JIT's memory is part of the process the budget measures
-        if config.memory_budget_bytes is not None:
+        if config.memory_budget_bytes is not None or config.expert_memory_fraction is not None:
             # MLX keeps freed buffers for reuse; under a budget that cache is bounded and counted.
             mx.set_cache_limit(MLX_CACHE_LIMIT)
         if config.experts_per_token is not None:
@@ -228,14 +229,27 @@ class Engine:
         return data
 
     def _budget(self) -> tuple[int, int | None]:
-        """(engine cache bytes, page-cache allowance) under memory_budget_bytes."""
+        """(engine cache bytes, page-cache allowance) under the memory budget; sets
+        self.memory_budget (memory_budget_bytes, or the one expert_memory_fraction defines)."""
         cfg = self.config
-        if cfg.memory_budget_bytes is None:
+        self.memory_budget = cfg.memory_budget_bytes
+        if cfg.memory_budget_bytes is None and cfg.expert_memory_fraction is None:
             return cfg.cache_bytes, None
+        gc.collect()  # an engine closed just before in this process must not count as ours
         # Dense weights are loaded; their file pages in the page cache are dead weight now.
         for f in self.dense_files:
             evict(f)
         base = current_rss()
+        if cfg.expert_memory_fraction is not None:
+            # The model's minimum whatever the config (so every config gets the same budget):
+            # process with dense weights + one token's experts + the page-cache floor + runtime.
+            model_min = base + self.top_k * self.entry_bytes + self.store.expert_span
+            experts = self.store.expert_nbytes * self.store.num_experts * len(self.store.layers)
+            self.memory_budget = int(
+                model_min + RUNTIME_RESERVE + cfg.expert_memory_fraction * experts
+            )
+        budget = self.memory_budget
+        assert budget is not None
         staging = (
             cfg.prefetch_depth * (cfg.prefetch_width or self.top_k) if cfg.prefetch != "none" else 0
         )
@@ -243,14 +257,14 @@ class Engine:
         # A buffered/mmap read caches at least the expert it reads: reserve it, not overdraw.
         floor = self.store.expert_span if cfg.io_mode != "direct" else 0
         minimum = base + working + floor + RUNTIME_RESERVE
-        if cfg.memory_budget_bytes < minimum:
+        if budget < minimum:
             raise MemoryBudgetError(
-                f"memory_budget_bytes = {cfg.memory_budget_bytes:,} is below the minimum "
+                f"memory budget {budget:,} is below the minimum "
                 f"{minimum:,} this store needs (process with dense weights {base:,} + one "
                 f"layer's experts and staged reads {working:,} + page cache {floor:,} + "
                 f"runtime {RUNTIME_RESERVE:,}); raise the budget, or use a smaller quant_bits store"
             )
-        headroom = cfg.memory_budget_bytes - minimum
+        headroom = budget - minimum
         cache = min(cfg.cache_bytes, headroom)
         # Whatever the engine cache leaves is what the OS may keep of the store's pages.
         allowance = headroom - cache + floor
@@ -293,7 +307,7 @@ class Engine:
                 f"prompt token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}"
             )
         hook = on_token
-        if self.config.memory_budget_bytes is not None:
+        if self.memory_budget is not None:
 
             def hook(tok: int) -> None:
                 self._govern()
@@ -312,7 +326,7 @@ class Engine:
         """After each token under a budget: if RSS + the store's cached pages exceed it (the
         runtime grew past its reserve), shrink the expert cache by the excess and hand the
         freed slots' RAM back, then the page-cache allowance by what is left."""
-        budget = self.config.memory_budget_bytes
+        budget = self.memory_budget
         assert budget is not None
         over = self.memory_bytes() - budget
         if over <= 0:

@@ -47,9 +47,14 @@ class ConfirmSummary:
 
 
 def confirm_study(
-    spec: StudySpec, *, repeats: int = 3, note: Callable[[str], None] = print
+    spec: StudySpec,
+    *,
+    repeats: int = 3,
+    note: Callable[[str], None] = print,
+    trials: list[int] | None = None,
 ) -> ConfirmSummary:
-    """Re-measure the near-front trials `repeats` times each, interleaved with the baseline."""
+    """Re-measure the near-front trials (or just `trials`) `repeats` times each, interleaved
+    with the baseline."""
     if repeats < 1:
         raise AutoresearchError(f"--repeats must be >= 1, got {repeats}")
     res = load_results(spec)
@@ -59,7 +64,8 @@ def confirm_study(
             f"{spec.path}: study {spec.name!r} has no completed baseline trial to compare "
             f"against; run `autoresearch run {spec.path}` first"
         )
-    targets = [f for f in res.near_front() if not f.is_baseline]
+    near = res.near_front() if trials is None else [res.by_number(n) for n in trials]
+    targets = [f for f in near if not f.is_baseline]
     required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
     summary = ConfirmSummary(trials=[f.number for f in targets])
     summary.planned = repeats * (2 * len(targets) if targets else 1)

@@ -49,6 +49,7 @@ class ExpertProvider:
         self.store = store
         self.arena = arena
         self._fresh: list[tuple[tuple[int, int], int]] = []  # slots loaded by the last fetch
+        self._staged: dict[int, Future] = {}  # the current layer step's prefetched reads
         self.reader = reader
         self.cache = cache
         self.prefetcher = prefetcher
@@ -59,15 +60,23 @@ class ExpertProvider:
         self._entry_bytes: int | None = None
 
     def _lookup(
-        self, layer: int, experts: list[int], x: mx.array, out: list[Any]
+        self,
+        layer: int,
+        experts: list[int],
+        x: mx.array,
+        out: list[Any],
+        layer_experts: list[int] | None,
     ) -> list[tuple[int, int, Future]]:
-        """Cache hits into `out`; reads (staged or new) for the rest, then this layer's
-        prefetch guesses queued behind them."""
-        if self.tracer is not None:
-            self.tracer.on_fetch(layer, experts, x)
+        """Cache hits into `out`; reads (staged or new) for the rest. `layer_experts`: every
+        expert the layer step routes to, on its first (or only) group: then the step is traced,
+        its staged reads taken and the next guesses queued behind this group's demand reads."""
+        if layer_experts is not None:
+            if self.tracer is not None:
+                self.tracer.on_fetch(layer, layer_experts, x)
+            self._staged = self.prefetcher.take(layer, layer_experts) if self.prefetcher else {}
         st = self.stats
         st.requests += len(experts)
-        staged = self.prefetcher.take(layer, experts) if self.prefetcher else {}
+        staged = self._staged
         pending: list[tuple[int, int, Future]] = []
         for i, e in enumerate(experts):
             hit = self.cache.get((layer, e))
@@ -75,25 +84,28 @@ class ExpertProvider:
                 out[i] = hit
                 st.cache_hits += 1
             elif e in staged:
-                pending.append((i, e, staged[e]))
+                pending.append((i, e, staged.pop(e)))
                 st.staged_hits += 1
             else:
                 pending.append((i, e, self.reader.submit(layer, e)))
                 st.demand_reads += 1
-        if self.prefetcher is not None:
+        if self.prefetcher is not None and layer_experts is not None:
             # Queue the guesses behind this layer's demand reads so they never delay it.
             self.prefetcher.after_fetch(layer, x)
         return pending
 
-    def fetch_slots(self, layer: int, experts: list[int], x: mx.array) -> np.ndarray:
+    def fetch_slots(
+        self, layer: int, experts: list[int], x: mx.array, layer_experts: list[int] | None = None
+    ) -> np.ndarray:
         """CPU path: the arena slot of each expert (hits are the cache's own slots; misses are
-        loaded into free slots and offered to the cache by `release` once computed)."""
+        loaded into free slots and offered to the cache by `release` once computed). A layer
+        step's experts may come in groups: pass `layer_experts` (all of them) with the first."""
         arena = self.arena
         assert arena is not None, "fetch_slots needs an arena (CPU compute path)"
         t0 = time.perf_counter()
         slots: list[Any] = [None] * len(experts)
         try:
-            for i, e, fut in self._lookup(layer, experts, x, slots):
+            for i, e, fut in self._lookup(layer, experts, x, slots, layer_experts):
                 tw = time.perf_counter()
                 raw = fut.result()
                 self.stats.read_wait_s += time.perf_counter() - tw
@@ -123,7 +135,7 @@ class ExpertProvider:
         t0 = time.perf_counter()
         st = self.stats
         out: list[Any] = [None] * len(experts)
-        for i, e, fut in self._lookup(layer, experts, x, out):
+        for i, e, fut in self._lookup(layer, experts, x, out, experts):
             tw = time.perf_counter()
             raw = fut.result()
             st.read_wait_s += time.perf_counter() - tw

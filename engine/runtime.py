@@ -258,8 +258,13 @@ class Engine:
         floor = self.store.expert_span if cfg.io_mode != "direct" else 0
         minimum = base + working + floor + RUNTIME_RESERVE
         if budget < minimum:
+            what = (
+                f"memory_budget_bytes = {budget:,}"
+                if cfg.memory_budget_bytes is not None
+                else f"expert_memory_fraction = {cfg.expert_memory_fraction} ({budget:,} bytes)"
+            )
             raise MemoryBudgetError(
-                f"memory budget {budget:,} is below the minimum "
+                f"{what} is below the minimum "
                 f"{minimum:,} this store needs (process with dense weights {base:,} + one "
                 f"layer's experts and staged reads {working:,} + page cache {floor:,} + "
                 f"runtime {RUNTIME_RESERVE:,}); raise the budget, or use a smaller quant_bits store"

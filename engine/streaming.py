@@ -158,7 +158,10 @@ class StreamingSwitchGLU(nn.Module):
         arena, w = self._arena, self._arena.work_slots
         for g0 in range(0, uniq.size, w):
             g1 = min(g0 + w, uniq.size)
-            slots = self._provider.fetch_slots(self._layer, uniq[g0:g1].tolist(), xt)
+            group = uniq[g0:g1].tolist()
+            slots = self._provider.fetch_slots(
+                self._layer, group, xt, uniq.tolist() if g0 == 0 else None
+            )
             p0, p1 = ptr[g0], ptr[g1]
             K.expert_ffn(
                 arena.data, slots, arena.mats, xn, pair_tok[p0:p1], ptr[g0 : g1 + 1] - p0,

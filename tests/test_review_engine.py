@@ -41,9 +41,12 @@ def test_budget_split_never_exceeds_the_budget(
     with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
         working = probe_engine.entry_bytes * probe_engine.top_k
     for extra in (0, store.expert_span // 2, 3 * store.expert_span):
-        budget = base + working + store.expert_span + extra
+        reserve = runtime.RUNTIME_RESERVE
+        budget = base + working + store.expert_span + reserve + extra
         cfg = EngineConfig(cache_bytes=1 << 40, io_mode="buffered", memory_budget_bytes=budget)
         with Engine(store, cfg) as engine:
             assert engine.page_budget is not None
-            total = base + working + engine.cache_bytes + engine.page_budget.allowance_bytes
+            total = (
+                base + working + reserve + engine.cache_bytes + engine.page_budget.allowance_bytes
+            )
             assert total <= budget

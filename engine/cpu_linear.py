@@ -102,3 +102,32 @@ def use_cpu_linears(model: nn.Module) -> int:
     if swaps:
         model.update_modules(tree_unflatten(swaps))
     return sum(t.nbytes for _, t in swaps)
+
+
+class WidenedEmbedding(nn.Module):
+    """nn.Embedding whose table stays 16-bit (half the RAM of the float32 the rest computes in);
+    looked-up rows are widened to float32 exactly, so outputs equal the float32 model's."""
+
+    def __init__(self, weight: mx.array) -> None:
+        super().__init__()
+        self._w = weight  # plain attribute: not a parameter, so the float32 cast skips it
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self._w[x].astype(mx.float32)
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        """Tied lm_head (x @ table.T), computed in float32 like the reference."""
+        return x.astype(mx.float32) @ self._w.T.astype(mx.float32)
+
+
+def keep_embeddings_16bit(model: nn.Module) -> int:
+    """Swap every 16-bit nn.Embedding for a WidenedEmbedding, in place, before the cast.
+    Returns the bytes the tables hold."""
+    swaps = [
+        (path, WidenedEmbedding(mod.weight))
+        for path, mod in model.named_modules()
+        if type(mod) is nn.Embedding and mod.weight.dtype in (mx.bfloat16, mx.float16)
+    ]
+    if swaps:
+        model.update_modules(tree_unflatten(swaps))
+    return sum(int(e._w.nbytes) for _, e in swaps)

@@ -20,7 +20,7 @@ from engine import kernels
 from engine.arena import ExpertArena, cpu_experts_unsupported, slot_bytes
 from engine.cache import ExpertCache
 from engine.config import EngineConfig
-from engine.cpu_linear import use_cpu_linears
+from engine.cpu_linear import keep_embeddings_16bit, use_cpu_linears
 from engine.errors import ConfigError, MemoryBudgetError
 from engine.generate import Generation, generate
 from engine.model import (
@@ -145,7 +145,7 @@ class Engine:
         self.compute_path = path if cpu or not dense_cpu else "cpu+mlx-experts"
         if dense_cpu:
             # Dense layers to the CPU kernels before the cast, so 16-bit weights stay 16-bit.
-            self.dense_bytes = use_cpu_linears(self.model)
+            self.dense_bytes = use_cpu_linears(self.model) + keep_embeddings_16bit(self.model)
             self.model.set_dtype(mx.float32)
             kernels.warm_up()  # the JIT's memory is part of the process the budget measures
         if config.memory_budget_bytes is not None or config.expert_memory_fraction is not None:

@@ -10,6 +10,7 @@ with cheap figures, never with full ones: a short probe is biased (fewer sustain
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,10 @@ def cheap_probe(study: optuna.Study, trial: optuna.Trial, spec: Any, store_path:
     from engine.suite import default_suite_path
 
     full = spec.suite or default_suite_path(store_path)
-    out = Path(tempfile.gettempdir()) / "autoresearch-cheap" / (
-        f"{store_path.name}-{spec.probe_prompts}x{spec.probe_decode_tokens}.toml"
-    )
+    # Named by the full suite's path and the cut: two studies on one machine never share one.
+    tag = hashlib.sha256(str(Path(full).resolve()).encode()).hexdigest()[:12]
+    name = f"{tag}-{spec.probe_prompts}x{spec.probe_decode_tokens}.toml"
+    out = Path(tempfile.gettempdir()) / "autoresearch-cheap" / name
     suite = cheap_suite(full, out, prompts=spec.probe_prompts,
                         decode_tokens=spec.probe_decode_tokens)  # fmt: skip
     res = run(suite)

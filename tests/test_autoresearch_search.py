@@ -316,3 +316,19 @@ def test_experts_fraction_errors(tmp_path: Path, body: str, match: str) -> None:
     p.write_text(body)
     with pytest.raises(SpaceError, match=match):
         load_space(p)
+
+
+def test_study_file_reads_sampler_racing_and_probe_fidelity(tmp_path: Path) -> None:
+    from autoresearch.storage import open_study
+
+    p = write_study(tmp_path, store=tmp_path)
+    p.write_text(p.read_text().replace('sampler = "random"', 'sampler = "auto"')
+                 + "\n[racing]\nmax_repeats = 4\n"
+                 + '[fidelity]\nscreen = "probe"\nprobe_prompts = 2\n')  # fmt: skip
+    spec = load_study_file(p)
+    assert spec.sampler == "auto" and spec.racing == racing.RacingSpec(max_repeats=4)
+    assert (spec.screen, spec.probe_prompts, spec.probe_decode_tokens) == ("probe", 2, 16)
+    # io.toml has 4 categorical knobs: auto -> TPE, whatever is installed
+    assert isinstance(open_study(spec).sampler, optuna.samplers.TPESampler)
+    p.write_text(p.read_text().replace("max_repeats = 4", "enabled = false"))
+    assert load_study_file(p).racing is None

@@ -6,7 +6,7 @@ Format (paths are relative to the study file; see studies/demo.toml):
     name = "demo"                  # default: the file's stem
     storage = "sqlite:///x.db"     # default: sqlite:///<study dir>/<name>.db
     space = "../search_spaces/default.toml"
-    sampler = "tpe"                # tpe | gp | random | nsga2 | auto (autoresearch/sampler.py)
+    sampler = "auto"               # auto | tpe | gp | random | nsga2 (autoresearch/sampler.py)
     seed = 0                       # sampler seed; omit for a random one
     n_trials = 20                  # trials per `autoresearch run` (CLI --n-trials overrides)
     timeout_s = 3600               # wall clock per `autoresearch run` (CLI --timeout overrides)
@@ -119,7 +119,7 @@ class StudySpec:
     name: str
     storage: str
     space: Space
-    sampler: str = "tpe"
+    sampler: str = "auto"  # GP for small budgets when torch is installed, else TPE
     seed: int | None = None
     n_trials: int | None = None
     timeout_s: float | None = None
@@ -197,7 +197,7 @@ def load_study_file(path: str | Path) -> StudySpec:
         space = load_space(here / st["space"])
     except AutoresearchError as e:
         raise StudyFileError(f"{path}: study.space: {e}") from None
-    sampler = st.get("sampler", "tpe")
+    sampler = st.get("sampler", "auto")
     if sampler not in SAMPLERS:
         raise StudyFileError(f"{path}: study.sampler must be one of {SAMPLERS}, got {sampler!r}")
     objectives = _objectives(path, doc.get("objectives"))

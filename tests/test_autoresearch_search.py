@@ -29,7 +29,7 @@ def _space(*knobs: Knob) -> Space:
 
 NUMERIC = _space(Knob("cache_fraction", low=0.02, high=0.8, log=True),
                  Knob("io_threads", low=1, high=8))  # fmt: skip
-CATEGORICAL = _space(*(Knob(n, choices=("a", "b")) for n in ("x", "y", "z")))
+CATEGORICAL = _space(*(Knob(n, choices=("a", "b")) for n in "vwxyz"))  # 5 > 4
 
 
 # --- sampler ---------------------------------------------------------------------------------
@@ -318,7 +318,9 @@ def test_experts_fraction_errors(tmp_path: Path, body: str, match: str) -> None:
         load_space(p)
 
 
-def test_study_file_reads_sampler_racing_and_probe_fidelity(tmp_path: Path) -> None:
+def test_study_file_reads_sampler_racing_and_probe_fidelity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from autoresearch.storage import open_study
 
     p = write_study(tmp_path, store=tmp_path)
@@ -328,7 +330,11 @@ def test_study_file_reads_sampler_racing_and_probe_fidelity(tmp_path: Path) -> N
     spec = load_study_file(p)
     assert spec.sampler == "auto" and spec.racing == racing.RacingSpec(max_repeats=4)
     assert (spec.screen, spec.probe_prompts, spec.probe_decode_tokens) == ("probe", 2, 16)
-    # io.toml has 4 categorical knobs: auto -> TPE, whatever is installed
+    # io.toml: 4 categorical knobs, 2 trials: auto -> GP where torch is, TPE where it is not
+    monkeypatch.setattr(sampler, "gp_available", lambda: False)
     assert isinstance(open_study(spec).sampler, optuna.samplers.TPESampler)
+    if sampler.importlib.util.find_spec("torch") is not None:
+        monkeypatch.setattr(sampler, "gp_available", lambda: True)
+        assert isinstance(open_study(spec).sampler, optuna.samplers.GPSampler)
     p.write_text(p.read_text().replace("max_repeats = 4", "enabled = false"))
     assert load_study_file(p).racing is None

@@ -86,7 +86,8 @@ def main() -> None:
     out["baseline"] = noise
     out["noise"] = {
         m: statistics.stdev([r[m] for r in noise]) / statistics.mean([r[m] for r in noise])
-        if statistics.mean([r[m] for r in noise]) else 0.0
+        if statistics.mean([r[m] for r in noise])
+        else 0.0
         for m in METRICS
     }
     points = [dict(zip(GRID, v, strict=True)) for v in itertools.product(*GRID.values())]

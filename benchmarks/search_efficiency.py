@@ -196,8 +196,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--trials", type=int, default=200)
-    ap.add_argument("--gp-trials", type=int, default=60,
-                    help="trials for GP: its fit cost grows ~n^3 (60 = the goal of the issue)")
+    ap.add_argument(
+        "--gp-trials",
+        type=int,
+        default=60,
+        help="trials for GP: its fit cost grows ~n^3 (60 = the goal of the issue)",
+    )
     ap.add_argument("--samplers", default="tpe,gp,random,nsga2,auto")
     ap.add_argument("--objectives", default="table,trace")
     ap.add_argument("--json", type=Path, help="also write every curve here")
@@ -211,18 +215,24 @@ def main() -> None:
     except ImportError:
         pass
     doc = json.loads((DATA / "grid_small.json").read_text())
-    objs = {"table": lambda: table_objective(doc),
-            "trace": lambda: trace_objective(doc, float(doc["noise"]["decode_tok_s"]))}
-    print(f"grid: {len(doc['rows'])} measured points, engine {doc['engine_commit']}, "
-          f"machine {(doc.get('machine') or {}).get('cpu_model')} "
-          f"{(doc.get('machine') or {}).get('cpu_count')} cores; seeds {args.seeds}")
+    objs = {
+        "table": lambda: table_objective(doc),
+        "trace": lambda: trace_objective(doc, float(doc["noise"]["decode_tok_s"])),
+    }
+    print(
+        f"grid: {len(doc['rows'])} measured points, engine {doc['engine_commit']}, "
+        f"machine {(doc.get('machine') or {}).get('cpu_model')} "
+        f"{(doc.get('machine') or {}).get('cpu_count')} cores; seeds {args.seeds}"
+    )
     out: dict[str, Any] = {}
     for name in args.objectives.split(","):
         obj = objs[name]()
         loss = losses([r.values for r in obj.table.rows], obj.directions)
         lo, hi = loss.min(axis=0), loss.max(axis=0)
-        print(f"\n## {name}: noise {[round(x, 3) for x in obj.noise]}, cheap probe costs "
-              f"{obj.cheap_cost:.2f} of a full one")
+        print(
+            f"\n## {name}: noise {[round(x, 3) for x in obj.noise]}, cheap probe costs "
+            f"{obj.cheap_cost:.2f} of a full one"
+        )
         curves: dict[str, list[list[tuple[float, float]]]] = {}
         saved: dict[str, list[int]] = {}
         runs = [(s, "plain") for s in args.samplers.split(",")]
@@ -246,8 +256,10 @@ def main() -> None:
             print(f"  ran {key}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
         target = statistics.median(hv_at(c, args.trials) for c in curves["random/plain"])
         print(f"random search's {args.trials}-trial hypervolume (median): {target:.4f}")
-        print(f"{'sampler/variant':<22} {'cost: median [min, max]':>24} {'hv@25':>7} {'hv@50':>7} "
-              f"{'hv@100':>7} {'hv@200':>7} {'full probes saved':>18}")
+        print(
+            f"{'sampler/variant':<22} {'cost: median [min, max]':>24} {'hv@25':>7} {'hv@50':>7} "
+            f"{'hv@100':>7} {'hv@200':>7} {'full probes saved':>18}"
+        )
         for key, cs in curves.items():
             need = sorted(cost_to_reach(c, target) for c in cs)
             budget = max(c[-1][0] for c in cs)
@@ -255,9 +267,11 @@ def main() -> None:
             spread = f"[{_fmt(need[0], budget)}, {_fmt(need[-1], budget)}]"
             hvs = [statistics.median(hv_at(c, x) for c in cs) if x <= budget else None
                    for x in (25, 50, 100, 200)]  # fmt: skip
-            print(f"{key:<22} {_fmt(med, budget) + ' ' + spread:>24} "
-                  + " ".join("      -" if h is None else f"{h:7.4f}" for h in hvs)
-                  + f" {statistics.median(saved[key]):>18g}")
+            print(
+                f"{key:<22} {_fmt(med, budget) + ' ' + spread:>24} "
+                + " ".join("      -" if h is None else f"{h:7.4f}" for h in hvs)
+                + f" {statistics.median(saved[key]):>18g}"
+            )
         out[name] = {"target": target, "curves": curves, "saved": saved}
     if args.json:
         args.json.write_text(json.dumps(out))

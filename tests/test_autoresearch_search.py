@@ -154,6 +154,9 @@ def test_racing_in_the_loop_records_measurements(tmp_path: Path, tiny: tuple[Pat
     assert [t.user_attrs["measurements"] for t in trials] == [3, 2, 2]
     assert trials[1].user_attrs["race"] == "budget"
     assert trials[1].user_attrs["samples"]["decode_tok_s"] == [1.0, 1.0]
+    # the report's hypervolume curves work on a study the loop made (baseline included)
+    c = hypervolume.curves(study, spec.space, seeds=2)
+    assert len(c["study"]) == len(c["random"]) == 3
 
 
 # --- cheap fidelity --------------------------------------------------------------------------
@@ -274,8 +277,13 @@ def test_curves_put_random_beside_the_study() -> None:
     space = _space(Knob("x", low=0.0, high=1.0))
     study = optuna.create_study(directions=MAXMIN)
     for x in np.linspace(0, 1, 12):
-        study.add_trial(optuna.create_trial(params={"x": float(x)}, values=[x, x * x],
-                        distributions={"x": optuna.distributions.FloatDistribution(0, 1)}))
+        study.add_trial(
+            optuna.create_trial(
+                params={"x": float(x)},
+                values=[x, x * x],
+                distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+            )
+        )
     c = hypervolume.curves(study, space, seeds=3)
     assert len(c["study"]) == len(c["random"]) == 12
     assert all(a <= b + 1e-12 for a, b in zip(c["study"], c["study"][1:], strict=False))

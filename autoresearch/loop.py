@@ -213,6 +213,9 @@ def _screen(spec: StudySpec, study: optuna.Study, trial: optuna.Trial, store: An
     keep, est = _SCREENERS[key].decide(config)
     trial.set_user_attr("screen_estimate", {k: float(v) for k, v in est.items()})
     if not keep:
+        from autoresearch.fidelity import record_saved
+
+        record_saved(study)  # one study-level count of full probes saved, whichever screen
         study.tell(trial, state=TrialState.PRUNED)
     return keep
 

@@ -7,8 +7,8 @@ against the reference point 1.1 in every objective; infeasible trials add nothin
 
 Random search's curve for a real study cannot be measured without running it, so it is
 replayed: random configs from the study's space are answered by the nearest measured trial of
-the study (autoresearch.replay), median and quartiles over seeds. The report calls
-`figure(study, space)`.
+the study (autoresearch.replay), median and quartiles over seeds. report.py draws it with one
+call: `figure(study, space)`.
 """
 
 from __future__ import annotations

@@ -57,13 +57,18 @@ def sample_params(space: Space, n: int, seed: int) -> list[dict[str, Any]]:
     """n points drawn as random search would draw them (Optuna's RandomSampler + the space)."""
     import optuna
 
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        out.append(space.suggest(trial))
-        study.tell(trial, 0.0)
-    return out
+    old = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" per curve
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            out.append(space.suggest(trial))
+            study.tell(trial, 0.0)
+        return out
+    finally:
+        optuna.logging.set_verbosity(old)
 
 
 def rows_from(params: Sequence[dict[str, Any]], values: Sequence[Sequence[float]],

@@ -16,6 +16,7 @@ from autoresearch.errors import SpaceError, StudyFileError
 from autoresearch.loop import run_study
 from autoresearch.replay import Row, Table
 from autoresearch.space import Knob, Space, load_space, to_config
+from autoresearch.storage import open_study
 from autoresearch.study_file import load_study_file
 from engine.errors import ConfigError
 
@@ -329,8 +330,6 @@ def test_experts_fraction_errors(tmp_path: Path, body: str, match: str) -> None:
 def test_study_file_reads_sampler_racing_and_probe_fidelity(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoresearch.storage import open_study
-
     p = write_study(tmp_path, store=tmp_path)
     p.write_text(p.read_text().replace('sampler = "random"', 'sampler = "auto"')
                  + "\n[racing]\nmax_repeats = 4\n"
@@ -346,3 +345,17 @@ def test_study_file_reads_sampler_racing_and_probe_fidelity(
         assert isinstance(open_study(spec).sampler, optuna.samplers.GPSampler)
     p.write_text(p.read_text().replace("max_repeats = 4", "enabled = false"))
     assert load_study_file(p).racing is None
+
+
+@pytest.mark.slow
+def test_gp_study_runs_past_its_startup_trials(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    """GP in the real loop: conditional knobs, constraints, beyond its 10 random trials."""
+    pytest.importorskip("torch")
+    pytest.importorskip("scipy")
+    p = write_study(tmp_path, store=tiny[1])
+    p.write_text(p.read_text().replace('sampler = "random"', 'sampler = "gp"'))
+    spec = load_study_file(p)
+    assert isinstance(open_study(spec).sampler, optuna.samplers.GPSampler)
+    assert run_study(spec, n_trials=12).completed == 12
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage)
+    assert all(t.constraints for t in study.trials)  # set_constraint reached every trial

@@ -146,7 +146,8 @@ def _one_trial(
     try:
         from autoresearch.space import to_config
 
-        config = to_config(knobs, expert_bytes=store.expert_bytes, extra=extra)
+        config = to_config(knobs, expert_bytes=store.expert_bytes, extra=extra,
+                           top_k=store.top_k or None)  # fmt: skip
     except ConfigError as e:
         _fail(study, trial, f"config: {e}")
         return False
@@ -160,18 +161,35 @@ def _one_trial(
     trial.set_user_attr("store_fingerprint", store.fingerprint)
     required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
     repeats = max(spec.repeats, spec.baseline_repeats) if baseline else spec.repeats
+
+    def measure(suite: Any = spec.suite) -> ProbeResult:  # None: the store's own suite
+        return run_probe(
+            config,
+            store=store.path,
+            suite=suite,
+            repeats=repeats,
+            cold=spec.cold,
+            timeout_s=spec.trial_timeout_s * (repeats / max(spec.repeats, 1)),
+            required=required,
+            template=spec.probe_command,
+            on_start=lambda pid: trial.set_user_attr("child_pid", pid),
+        )
+
+    # Search hooks (autoresearch/fidelity.py, racing.py): a short probe first, then racing.
+    if spec.screen == "probe" and not baseline:
+        from autoresearch.fidelity import cheap_probe
+
+        if not cheap_probe(study, trial, spec, store.path, measure):
+            display.note(f"trial {trial.number}: the cheap probe says it cannot reach the front")
+            return None
     display.phase("probing")
-    result = run_probe(
-        config,
-        store=store.path,
-        suite=spec.suite,  # None: the probe uses the store's own suite
-        repeats=repeats,
-        cold=spec.cold,
-        timeout_s=spec.trial_timeout_s * (repeats / max(spec.repeats, 1)),
-        required=required,
-        template=spec.probe_command,
-        on_start=lambda pid: trial.set_user_attr("child_pid", pid),
-    )
+    if spec.racing is not None and not baseline:
+        from autoresearch.racing import race_trial
+
+        result = race_trial(study, trial, spec.objectives, spec.racing, measure)
+    else:
+        result = measure()
+        trial.set_user_attr("measurements", repeats)
     trial.set_user_attr("wall_s", round(result.wall_s, 3))
     if result.error is not None:
         _fail(study, trial, result.error)
@@ -202,6 +220,9 @@ def _screen(spec: StudySpec, study: optuna.Study, trial: optuna.Trial, store: An
     keep, est = _SCREENERS[key].decide(config)
     trial.set_user_attr("screen_estimate", {k: float(v) for k, v in est.items()})
     if not keep:
+        from autoresearch.fidelity import record_saved
+
+        record_saved(study)  # one study-level count of full probes saved, whichever screen
         study.tell(trial, state=TrialState.PRUNED)
     return keep
 

@@ -23,6 +23,10 @@ A condition may only name a knob defined earlier in the same file (knobs are sam
 
 `cache_fraction` is a virtual knob: cache_bytes = cache_fraction x the total expert bytes of the
 store the trial runs on, so one space fits every model size and quantization variant.
+`experts_fraction` is one too: experts_per_token = round(experts_fraction x the model's top-k),
+at least 1, so a space written for top-k 8 never runs a top-k 4 model with 8 experts. A
+fraction above 1 (more experts than the model routes) is allowed only when the space says so
+(high > 1); an absolute `experts_per_token` above the model's top-k is clamped to the top-k.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from engine.errors import ConfigError
 from engine.tomlfile import read_toml
 
 # Virtual knob -> the EngineConfig knob it sets; mapped in `to_config`.
-VIRTUAL_KNOBS = {"cache_fraction": "cache_bytes"}
+VIRTUAL_KNOBS = {"cache_fraction": "cache_bytes", "experts_fraction": "experts_per_token"}
+MAX_EXPERTS_FRACTION = 2.0  # beyond twice the routed experts a model is no longer itself
 # Knobs that select a store variant (built by autoresearch.variants) rather than a runtime knob.
 VARIANT_KNOBS = ("quant_bits", "quant_group_size", "layout")
 OPERATORS = ("in", "not_in", "lt", "le", "gt", "ge")
@@ -152,14 +157,28 @@ class Space:
 
 
 def to_config(
-    knobs: dict[str, Any], *, expert_bytes: int, extra: dict[str, Any] | None = None
+    knobs: dict[str, Any],
+    *,
+    expert_bytes: int,
+    extra: dict[str, Any] | None = None,
+    top_k: int | None = None,
 ) -> EngineConfig:
-    """Sampled knobs (+ fixed/extra) -> EngineConfig; maps virtual knobs. Raises ConfigError."""
+    """Sampled knobs (+ fixed/extra) -> EngineConfig; maps virtual knobs. Raises ConfigError.
+
+    top_k: the model's routed experts per token; experts_fraction needs it, and an absolute
+    experts_per_token above it is clamped to it (None: no model known, values pass as given).
+    """
     data = dict(extra or {})
     for name, value in knobs.items():
         if name == "cache_fraction":
             # Round down to whole 4 KiB pages: caches hold page-aligned expert buffers.
             data["cache_bytes"] = int(value * expert_bytes) // 4096 * 4096
+        elif name == "experts_fraction":
+            if top_k is None:
+                raise ConfigError("experts_fraction needs the model's top-k; none was given")
+            data["experts_per_token"] = max(1, int(value * top_k + 0.5))
+        elif name == "experts_per_token" and top_k is not None and value is not None:
+            data[name] = min(int(value), top_k)
         else:
             data[name] = value
     return EngineConfig.from_dict(data, source="trial")
@@ -180,6 +199,8 @@ def load_space(path: str | Path) -> Space:
     _engine_accepts(path, "fixed", dict(fixed))
     if "cache_fraction" in fixed:
         _fraction(path, "fixed", fixed["cache_fraction"])
+    if "experts_fraction" in fixed:
+        _experts_fraction(path, "fixed", fixed["experts_fraction"])
     table = doc.get("knobs", {})
     if not isinstance(table, dict) or not table:
         raise SpaceError(f"{path}: [knobs] must hold at least one [knobs.<name>] table")
@@ -197,6 +218,8 @@ def load_space(path: str | Path) -> Space:
     names = [k.name for k in knobs] + list(fixed)
     if "cache_fraction" in names and "cache_bytes" in names:
         raise SpaceError(f"{path}: give cache_fraction or cache_bytes, not both")
+    if "experts_fraction" in names and "experts_per_token" in names:
+        raise SpaceError(f"{path}: give experts_fraction or experts_per_token, not both")
     return Space(path=path, knobs=tuple(knobs), fixed=dict(fixed))
 
 
@@ -224,6 +247,8 @@ def _parse_knob(
         for c in choices:
             if name == "cache_fraction":
                 _fraction(path, f"{key}.choices", c)
+            if name == "experts_fraction":
+                _experts_fraction(path, f"{key}.choices", c)
             _engine_accepts(path, f"{key}.choices", {name: c})
         return Knob(name=name, choices=tuple(choices), when=when)
     if "low" not in spec or "high" not in spec:
@@ -246,9 +271,11 @@ def _parse_knob(
         if name == "cache_fraction":
             if not 0 <= v <= 1:
                 raise SpaceError(f"{path}: {key}: cache_fraction must lie in [0, 1], got {v}")
+        elif name == "experts_fraction":
+            _experts_fraction(path, key, v)
         else:
             _engine_accepts(path, key, {name: v})
-    if name == "cache_fraction" or FIELD_TYPES.get(name) == "float":
+    if name in VIRTUAL_KNOBS or FIELD_TYPES.get(name) == "float":
         low, high = float(low), float(high)  # TOML `0`/`1` are ints: keep a fraction a float
     return Knob(name=name, low=low, high=high, step=step, log=log, when=when)
 
@@ -290,6 +317,15 @@ def _fraction(path: Path, key: str, v: Any) -> None:
     """cache_fraction is virtual: the engine never sees it, so its range is checked here."""
     if not _is_num(v) or not 0 <= v <= 1:
         raise SpaceError(f"{path}: {key}: cache_fraction must be a number in [0, 1], got {v!r}")
+
+
+def _experts_fraction(path: Path, key: str, v: Any) -> None:
+    """A share of the model's top-k; above 1 asks for more experts than the model routes."""
+    if not _is_num(v) or not 0 < v <= MAX_EXPERTS_FRACTION:
+        raise SpaceError(
+            f"{path}: {key}: experts_fraction must be a number in (0, {MAX_EXPERTS_FRACTION:g}] "
+            f"(a share of the model's top-k), got {v!r}"
+        )
 
 
 def _is_num(v: Any) -> bool:

@@ -46,17 +46,11 @@ def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # multivariate+group: conditional knobs (prefetch_depth only with prefetch) are modeled
-        # jointly instead of independently; constant_liar keeps parallel workers apart.
-        return optuna.samplers.TPESampler(
-            seed=spec.seed, multivariate=True, group=True, constant_liar=True
-        )
+    # tpe | gp | random | nsga2 | auto: the choice and its rule live in autoresearch/sampler.py.
+    from autoresearch.sampler import make_sampler as build
+
+    return build(spec.sampler, seed=spec.seed, space=spec.space, n_trials=spec.n_trials,
+                 source=str(spec.path))  # fmt: skip
 
 
 def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:

@@ -6,7 +6,7 @@ Format (paths are relative to the study file; see studies/demo.toml):
     name = "demo"                  # default: the file's stem
     storage = "sqlite:///x.db"     # default: sqlite:///<study dir>/<name>.db
     space = "../search_spaces/default.toml"
-    sampler = "tpe"                # tpe (multi-objective TPE) | nsga2 | random
+    sampler = "auto"               # auto | tpe | gp | random | nsga2 (autoresearch/sampler.py)
     seed = 0                       # sampler seed; omit for a random one
     n_trials = 20                  # trials per `autoresearch run` (CLI --n-trials overrides)
     timeout_s = 3600               # wall clock per `autoresearch run` (CLI --timeout overrides)
@@ -33,8 +33,14 @@ Format (paths are relative to the study file; see studies/demo.toml):
     latency_p99_s = { max = 0.5 }
 
     [fidelity]
-    screen = "none"                # "trace": screen candidates with the trace simulator first
-    keep = 0.8                     # measure those estimated >= keep x the best estimate so far
+    screen = "none"                # "trace": screen candidates with the trace simulator first;
+                                   # "probe": a short probe first (autoresearch/fidelity.py)
+    keep = 0.8                     # trace: measure those estimated >= keep x the best so far
+    probe_prompts = 1              # probe: the cheap probe's prompts and decode tokens each
+    probe_decode_tokens = 16
+
+    [racing]                       # adaptive repeats (autoresearch/racing.py); absent = off
+    max_repeats = 3                # a trial is re-measured only while noise could flip it
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import AutoresearchError, StudyFileError
+from autoresearch.sampler import SAMPLERS
 from autoresearch.space import Space, load_space
 from engine.synth_generic import SYNTH_FAMILIES  # every family engine synth builds
 from engine.tomlfile import read_toml
@@ -76,7 +83,7 @@ DEFAULT_OBJECTIVES = (
     ("memory_bytes", "minimize"),
     ("kl_mean", "minimize"),
 )
-SAMPLERS = ("tpe", "nsga2", "random")
+
 # The keys each table may hold: a misspelt key would otherwise be ignored silently.
 KEYS = {
     "study": {"name", "storage", "space", "sampler", "seed", "n_trials", "timeout_s",
@@ -84,7 +91,7 @@ KEYS = {
     "model": {"synth", "path", "store"},
     "model.synth": {"family", "preset", "seed"},
     "probe": {"suite", "probe_command"},
-    "fidelity": {"screen", "keep"},
+    "fidelity": {"screen", "keep", "probe_prompts", "probe_decode_tokens"},
 }  # fmt: skip
 SYNTH_PRESETS = (  # = engine.synth_presets.ALL_PRESETS, kept here so loading a study skips mlx
     "tiny", "small", "bench",
@@ -115,7 +122,7 @@ class StudySpec:
     name: str
     storage: str
     space: Space
-    sampler: str = "tpe"
+    sampler: str = "auto"  # GP for small budgets when torch is installed, else TPE
     seed: int | None = None
     n_trials: int | None = None
     timeout_s: float | None = None
@@ -132,8 +139,11 @@ class StudySpec:
     # Tests only: argv template for the probe child ({python} {store} {config} {repeats} {mode}).
     probe_command: tuple[str, ...] | None = None
     work_dir: Path = field(default=Path("."))
-    screen: str = "none"  # "trace": cheap first fidelity (autoresearch/screen.py)
+    screen: str = "none"  # "trace" | "probe": cheap first fidelity (screen.py, fidelity.py)
     screen_keep: float = 0.8
+    probe_prompts: int = 1  # screen = "probe": the cheap probe's size
+    probe_decode_tokens: int = 16
+    racing: Any = None  # autoresearch.racing.RacingSpec; None = fixed repeats
 
     @property
     def directions(self) -> list[str]:
@@ -169,7 +179,7 @@ def _rel(p: Path | None, base: Path) -> str:
 def load_study_file(path: str | Path) -> StudySpec:
     path = Path(path)
     doc = read_toml(path, "study file", StudyFileError)
-    allowed = {"study", "model", "probe", "objectives", "constraints", "fidelity"}
+    allowed = {"study", "model", "probe", "objectives", "constraints", "fidelity", "racing"}
     bad = sorted(set(doc) - allowed)
     if bad:
         raise StudyFileError(f"{path}: unknown table(s) {', '.join(bad)}; allowed: {allowed}")
@@ -190,7 +200,7 @@ def load_study_file(path: str | Path) -> StudySpec:
         space = load_space(here / st["space"])
     except AutoresearchError as e:
         raise StudyFileError(f"{path}: study.space: {e}") from None
-    sampler = st.get("sampler", "tpe")
+    sampler = st.get("sampler", "auto")
     if sampler not in SAMPLERS:
         raise StudyFileError(f"{path}: study.sampler must be one of {SAMPLERS}, got {sampler!r}")
     objectives = _objectives(path, doc.get("objectives"))
@@ -211,6 +221,11 @@ def load_study_file(path: str | Path) -> StudySpec:
     if cmd is not None and (not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd)):
         raise StudyFileError(f"{path}: probe.probe_command must be a list of strings")
     screen, keep = _fidelity(path, doc.get("fidelity", {}), space)
+    from autoresearch.racing import parse_racing
+
+    fid = doc.get("fidelity", {})
+    cheap = {k: _opt_int(path, fid, k, 1, "fidelity")
+             for k in ("probe_prompts", "probe_decode_tokens")}  # fmt: skip
     storage = st.get("storage", f"sqlite:///{here / (name + '.db')}")
     return StudySpec(
         path=path,
@@ -235,6 +250,9 @@ def load_study_file(path: str | Path) -> StudySpec:
         work_dir=here,
         screen=screen,
         screen_keep=keep,
+        probe_prompts=cheap["probe_prompts"] or 1,
+        probe_decode_tokens=cheap["probe_decode_tokens"] or 16,
+        racing=parse_racing(path, doc.get("racing")),
     )
 
 
@@ -244,8 +262,10 @@ def _fidelity(path: Path, t: Any, space: Space) -> tuple[str, float]:
     if not isinstance(t, dict):
         raise StudyFileError(f"{path}: [fidelity] must be a table")
     screen = t.get("screen", "none")
-    if screen not in ("none", "trace"):
-        raise StudyFileError(f"{path}: fidelity.screen must be 'none' or 'trace', got {screen!r}")
+    if screen not in ("none", "trace", "probe"):
+        raise StudyFileError(
+            f"{path}: fidelity.screen must be 'none', 'trace' or 'probe', got {screen!r}"
+        )
     keep = t.get("keep", 0.8)
     if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
         raise StudyFileError(f"{path}: fidelity.keep must be a number in (0, 1], got {keep!r}")
@@ -279,10 +299,12 @@ def _table(path: Path, doc: dict[str, Any], key: str) -> dict[str, Any]:
     return t
 
 
-def _opt_int(path: Path, t: dict[str, Any], key: str, minimum: int) -> int | None:
+def _opt_int(
+    path: Path, t: dict[str, Any], key: str, minimum: int, table: str = "study"
+) -> int | None:
     v = t.get(key)
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
-        raise StudyFileError(f"{path}: study.{key} must be an integer >= {minimum}, got {v!r}")
+        raise StudyFileError(f"{path}: {table}.{key} must be an integer >= {minimum}, got {v!r}")
     return v
 
 

@@ -27,6 +27,7 @@ class StoreInfo:
     bits: int
     group_size: int | None
     layout: str
+    top_k: int = 0  # the model's routed experts per token (experts_fraction is a share of it)
 
 
 class Variants:
@@ -107,4 +108,5 @@ class Variants:
             bits=store.bits,
             group_size=store.group_size,
             layout=store.layout,
+            top_k=store.top_k,
         )

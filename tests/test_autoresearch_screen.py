@@ -46,6 +46,7 @@ def test_trace_screen_prunes_unpromising_candidates(
     # keep = 1.0: only candidates estimated at least as fast as the best so far (or smaller
     # than any measured one) get measured; with six samples some are always screened out.
     assert pruned and done and summary.screened == len(pruned)
+    assert study.user_attrs["fidelity_full_probes_saved"] == len(pruned)  # the study says so
     assert all("decode_tok_s" not in t.user_attrs for t in pruned)  # never measured
     assert all(t.user_attrs["decode_tok_s"] > 0 for t in done)  # real measurements
     est = done[0].user_attrs["screen_estimate"]

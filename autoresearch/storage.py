@@ -1,4 +1,4 @@
-"""Opening a study: storage URL, sampler, compatibility check, recovery of abandoned trials.
+"""Opening a study: storage, sampler, compatibility check, recovery of abandoned trials.
 
 Everything here goes through Optuna's public API so `optuna trials`, `optuna best-trials` and
 optuna-dashboard read the same study unmodified.
@@ -6,6 +6,7 @@ optuna-dashboard read the same study unmodified.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import warnings
@@ -16,7 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autoresearch.backends import file_of, open_backend, scrub
 from autoresearch.errors import IncompatibleStudy, StorageError
+from autoresearch.fleet import derived_seed, worker_id
 from autoresearch.study_file import StudySpec
 from autoresearch.trial import kill_group
 
@@ -24,68 +27,116 @@ HASH_KEY = "autoresearch_config_hash"
 IDENTITY_KEY = "autoresearch_config"
 
 
-def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
-    url = spec.storage
-    if url.startswith("sqlite:///"):
-        # SQLite creates the file but not its directory; a missing dir is the usual typo.
-        db = Path(url.removeprefix("sqlite:///"))
-        if str(db) != ":memory:" and not db.parent.is_dir():
-            raise StorageError(
-                f"{spec.path}: study.storage: directory {db.parent} does not exist "
-                f"(from {url!r}); create it or fix the URL"
-            )
-    try:
+def open_storage(spec: StudySpec, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """The study's storage (backends.py); heartbeats on, so a dead worker's trial is retried."""
+    where = f"{spec.path}: study.storage"
+    return open_backend(
+        spec.storage_url,
+        where,
+        create=create,
+        heartbeat_interval=spec.heartbeat_interval,
+        grace_period=spec.grace_period,
+        stale_callback=RetryStale(max_retry=3, grace_s=spec.grace_period),
+    )
+
+
+class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker stopped beating, with our bookkeeping: the dead
+    trial gets a fail_reason, and the retry carries only `retry_of` and its baseline role."""
+
+    def __init__(self, max_retry: int, grace_s: int | None) -> None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
-            return optuna.storages.RDBStorage(url)
-    except Exception as e:  # SQLAlchemy raises many types; all mean "cannot open"
-        raise StorageError(
-            f"{spec.path}: study.storage: cannot open {url!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); use e.g. sqlite:///studies/x.db"
-        ) from e
+            warnings.simplefilter("ignore")  # "experimental since 2.8": stable in practice
+            super().__init__(max_retry=max_retry)
+        self.grace_s = grace_s
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        w = trial.user_attrs.get("worker") or {}
+        study._storage.set_trial_user_attr(
+            trial._trial_id,
+            "fail_reason",
+            f"abandoned: no heartbeat from worker {w.get('host', '?')}:{w.get('pid', '?')} "
+            f"for more than {self.grace_s} s (study.grace_period)",
+        )
+        trial.user_attrs = retry_attrs(trial.number, trial.user_attrs)
+        super().__call__(study, trial)
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    # Per process: a resumed or parallel worker must not replay another's samples (fleet.py).
+    seed = derived_seed(spec.seed, trials_so_far, worker_id())
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # multivariate+group: conditional knobs (prefetch_depth only with prefetch) are modeled
         # jointly instead of independently; constant_liar keeps parallel workers apart.
         return optuna.samplers.TPESampler(
-            seed=spec.seed, multivariate=True, group=True, constant_liar=True
+            seed=seed, multivariate=True, group=True, constant_liar=True
         )
 
 
 def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:
-    """Create or load the study; refuse a stored study whose objectives/space/model differ."""
-    storage = open_storage(spec)
-    exists = any(s.study_name == spec.name for s in storage.get_all_studies())
-    if not exists:
+    """Create or load the study; refuse a stored study whose objectives/space/model differ.
+
+    create=False (status, show, export...) never creates a file, table or study.
+    """
+    db = file_of(spec.storage_url)
+    if not create and db is not None and not db.exists():
+        raise StorageError(
+            f"{spec.path}: no study {spec.name!r} in {spec.storage} (no such file yet); "
+            f"start it with `autoresearch run {spec.path}`"
+        )
+    storage = open_storage(spec, create=create)
+    try:
+        found = [s for s in storage.get_all_studies() if s.study_name == spec.name]
+    except Exception as e:  # an empty/foreign database file: SQLAlchemy's many error types
+        why = scrub(str(e).strip().splitlines()[0] if str(e).strip() else "", spec.storage_url)
+        raise StorageError(
+            f"{spec.path}: study.storage {spec.storage}: cannot read ({why})"
+        ) from None
+    if not found:
         if not create:
             raise StorageError(
                 f"{spec.path}: no study {spec.name!r} in {spec.storage}; "
                 f"start it with `autoresearch run {spec.path}`"
             )
+        # Several `run`s may start a new study at once: the losers load the winner's study.
         study = optuna.create_study(
             storage=storage,
             study_name=spec.name,
             directions=spec.directions,
             sampler=make_sampler(spec),
+            load_if_exists=True,
         )
-        study.set_user_attr(HASH_KEY, spec.digest())
-        study.set_user_attr(IDENTITY_KEY, spec.identity())
-        study.set_user_attr("study_file", str(spec.path))
-        return study
-    study = optuna.load_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec))
+        if study.user_attrs.get(HASH_KEY) is None and not study.trials:
+            _tag(study, spec)
+        return _checked(study, spec)
+    study = optuna.load_study(
+        storage=storage,
+        study_name=spec.name,
+        sampler=make_sampler(spec, storage.get_n_trials(found[0]._study_id)),
+    )
+    return _checked(study, spec)
+
+
+def _tag(study: optuna.Study, spec: StudySpec) -> None:
+    study.set_user_attr(HASH_KEY, spec.digest())
+    study.set_user_attr(IDENTITY_KEY, spec.identity())
+    study.set_user_attr("study_file", str(spec.path))
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names([m for m, _ in spec.objectives])  # not "Objective 0" in tools
+
+
+def _checked(study: optuna.Study, spec: StudySpec) -> optuna.Study:
     stored = study.user_attrs.get(HASH_KEY)
     directions = [d.name.lower() for d in study.directions]
     if stored is None and not study.trials and directions == spec.directions:
         # Killed between create_study and tagging it: nothing to be incompatible with.
-        study.set_user_attr(HASH_KEY, spec.digest())
-        study.set_user_attr(IDENTITY_KEY, spec.identity())
+        _tag(study, spec)
         return study
     if stored != spec.digest():
         old = study.user_attrs.get(IDENTITY_KEY, {})

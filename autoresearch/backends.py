@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ def open_backend(
     stale_callback: Any = None,
 ) -> optuna.storages.BaseStorage:
     """Open the storage. create=False (read-only commands) never creates a file."""
+    shown = mask(url)
     path = file_of(url)
     if path is not None:
         if not path.parent.is_dir():
@@ -120,7 +122,7 @@ def open_backend(
                 kwargs["engine_kwargs"] = {"pool_pre_ping": True}
             elif url.startswith("mysql:"):
                 url = "mysql+pymysql:" + url.split(":", 1)[1]
-            return optuna.storages.RDBStorage(
+            return _rdb(
                 url,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
@@ -130,6 +132,19 @@ def open_backend(
     except Exception as e:  # SQLAlchemy and drivers raise many types; all mean "cannot open"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise StorageError(
-            f"{where}: cannot open {mask(url)!r} ({type(e).__name__}: {scrub(first, url)}); "
+            f"{where}: cannot open {shown!r} ({type(e).__name__}: {scrub(first, url)}); "
             "check the URL, that the server is up and the credentials (e.g. PGPASSWORD)"
         ) from None
+
+
+def _rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """RDBStorage, retried when workers starting together race to create its tables."""
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as e:
+            racing = "IntegrityError" in type(e).__name__ or "already exists" in str(e)
+            if not racing or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))  # the winner finishes its CREATE TABLEs meanwhile
+    raise AssertionError("unreachable")

@@ -33,15 +33,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.storages import fail_stale_trials
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses
 from optuna.trial import TrialState
 
 from autoresearch import fleet
 from autoresearch.display import Display
 from autoresearch.errors import AutoresearchError
-from autoresearch.storage import open_study, recover_abandoned, retry_attrs, worker_attrs
+from autoresearch.storage import (
+    fail_stale,
+    open_study,
+    recover_abandoned,
+    retry_attrs,
+    worker_attrs,
+)
 from autoresearch.study_file import StudySpec
 from autoresearch.trial import ProbeResult, run_probe
 from autoresearch.variants import Variants
@@ -122,7 +127,8 @@ def _run(
             if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                 break
             try:
-                _fail_stale(study)
+                for number in fail_stale(study, spec.grace_period):
+                    display.note(f"trial {number}: its worker stopped; marked FAIL and retried")
                 trial = _next_trial(spec, study, machine)
             except KeyboardInterrupt:
                 summary.interrupted = True
@@ -148,13 +154,6 @@ def _run(
             summary.duplicates += ok == "duplicate"
             display.trial_done(study, trial.number, summary.done)
     return summary
-
-
-def _fail_stale(study: optuna.Study) -> None:
-    """A worker whose heartbeat stopped: its trial FAIL + retried (storage.RetryStale)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        fail_stale_trials(study)
 
 
 def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Trial:
@@ -225,12 +224,12 @@ def _one_trial(
     trial.set_user_attr("store_fingerprint", store.fingerprint)
     trial.set_user_attr("config", config.to_dict())
     key = fleet.config_key(config.to_dict(), store.fingerprint)
-    twin = fleet.duplicate_of(study, trial.number, key, machine, spec.machines == "fleet")
-    if twin is not None:
-        trial.set_user_attr("duplicate_of", twin)
-        study.tell(trial, state=TrialState.PRUNED)
-        display.note(f"trial {trial.number}: same config as trial {twin}; not measured again")
-        return "duplicate"
+
+    def twin() -> int | None:
+        return fleet.duplicate_of(study, trial.number, key, machine, spec.machines == "fleet")
+
+    if (first := twin()) is not None:
+        return _skip_duplicate(study, trial, first, display)
     if spec.screen == "trace" and not baseline and not _screen(spec, study, trial, store, config):
         display.note(f"trial {trial.number}: screened out by the trace simulator")
         return None
@@ -247,7 +246,11 @@ def _one_trial(
         template=spec.probe_command,
         on_start=lambda pid: trial.set_user_attr("child_pid", pid),
         lock_dir=spec.cache_dir,
+        # Again under the probe lock: a twin started by another worker is visible by now.
+        recheck=lambda: None if (t := twin()) is None else str(t),
     )
+    if result.skipped is not None:
+        return _skip_duplicate(study, trial, int(result.skipped), display)
     trial.set_user_attr("wall_s", round(result.wall_s, 3))
     if result.probe_start is not None:
         trial.set_user_attr("probe_start", result.probe_start)
@@ -264,6 +267,13 @@ def _one_trial(
         _store_noise_floor(study, result.metrics, machine)
     study.tell(trial, values)
     return True
+
+
+def _skip_duplicate(study: optuna.Study, trial: optuna.Trial, twin: int, display: Display) -> str:
+    trial.set_user_attr("duplicate_of", twin)
+    study.tell(trial, state=TrialState.PRUNED)
+    display.note(f"trial {trial.number}: same config as trial {twin}; not measured again")
+    return "duplicate"
 
 
 _SCREENERS: dict[str, Any] = {}  # store path -> Screener, recorded once per process

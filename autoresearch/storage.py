@@ -7,6 +7,7 @@ optuna-dashboard read the same study unmodified.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import socket
 import warnings
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from autoresearch.backends import file_of, open_backend, scrub
@@ -36,30 +39,48 @@ def open_storage(spec: StudySpec, *, create: bool = True) -> optuna.storages.Bas
         create=create,
         heartbeat_interval=spec.heartbeat_interval,
         grace_period=spec.grace_period,
-        stale_callback=RetryStale(max_retry=3, grace_s=spec.grace_period),
+        stale_callback=RetryStale(max_retry=3),
     )
 
 
 class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial whose worker stopped beating, with our bookkeeping: the dead
-    trial gets a fail_reason, and the retry carries only `retry_of` and its baseline role."""
+    """Optuna's retry of a trial whose worker stopped beating; the retry carries only
+    `retry_of` and the baseline role, not the dead worker's pid, config and timings."""
 
-    def __init__(self, max_retry: int, grace_s: int | None) -> None:
+    def __init__(self, max_retry: int) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "experimental since 2.8": stable in practice
             super().__init__(max_retry=max_retry)
-        self.grace_s = grace_s
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        w = trial.user_attrs.get("worker") or {}
-        study._storage.set_trial_user_attr(
-            trial._trial_id,
-            "fail_reason",
-            f"abandoned: no heartbeat from worker {w.get('host', '?')}:{w.get('pid', '?')} "
-            f"for more than {self.grace_s} s (study.grace_period)",
-        )
         trial.user_attrs = retry_attrs(trial.number, trial.user_attrs)
         super().__call__(study, trial)
+
+
+def fail_stale(study: optuna.Study, grace_s: int | None) -> list[int]:
+    """Optuna's fail_stale_trials, plus a fail_reason written while the trial is still RUNNING
+    (Optuna refuses attrs on finished trials). Only the worker whose FAIL lands retries it."""
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+        return []  # JournalStorage: no heartbeats; recover_abandoned covers this host
+    failed = []
+    for tid in storage._get_stale_trial_ids(study._study_id):
+        w = storage.get_trial(tid).user_attrs.get("worker") or {}
+        reason = (
+            f"abandoned: no heartbeat from worker {w.get('host', '?')}:{w.get('pid', '?')} "
+            f"for more than {grace_s} s (study.grace_period)"
+        )
+        try:
+            storage.set_trial_user_attr(tid, "fail_reason", reason)
+            if storage.set_trial_state_values(tid, state=TrialState.FAIL):
+                failed.append(tid)
+        except UpdateFinishedTrialError:
+            continue  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for tid in failed:
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(tid)))
+    return [storage.get_trial(tid).number for tid in failed]
 
 
 def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:

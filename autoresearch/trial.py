@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ class ProbeResult:
     wall_s: float = 0.0
     probe_start: str | None = None  # UTC ISO times the probe held the machine's probe lock
     probe_end: str | None = None
+    skipped: str | None = None  # why the probe was not run (recheck said so under the lock)
 
 
 def probe_argv(
@@ -87,10 +89,13 @@ def run_probe(
     template: tuple[str, ...] | None = None,
     on_start: Any = None,
     lock_dir: Path | None = None,
+    recheck: Callable[[], str | None] | None = None,
 ) -> ProbeResult:
     """Run one probe; `required` metrics must be finite numbers. on_start(pid) is told the pid.
 
     lock_dir: the cache dir whose probe lock serializes probes on this machine (None: no lock).
+    recheck(): asked once the lock is held; a reason string skips the probe (e.g. another
+    worker measured the same config while we waited).
     """
     with tempfile.TemporaryDirectory(prefix="autoresearch-trial-") as tmp:
         cfg = Path(tmp) / "config.toml"
@@ -100,6 +105,9 @@ def run_probe(
         )
         with contextlib.ExitStack() as held:
             fds = (held.enter_context(probe_lock(lock_dir)),) if lock_dir is not None else ()
+            why = recheck() if recheck is not None else None
+            if why is not None:
+                return ProbeResult(skipped=why)
             result = _run_child(argv, timeout_s, required, on_start, fds)
     return result
 

@@ -23,6 +23,7 @@ with their estimate and never measured, so the study holds real measurements onl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -140,6 +141,12 @@ def _run(
                 # Our heartbeat stopped long enough for another worker to retry this trial.
                 display.note(f"trial {trial.number}: retried elsewhere (missed heartbeats)")
                 continue
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    with contextlib.suppress(Exception):  # the study's own disk may be full
+                        _fail(study, trial, f"disk full: {e.filename or e}")
+                        _requeue(study, trial)
+                raise
             except KeyboardInterrupt:
                 summary.interrupted = True
                 # Ctrl-C may land after the trial was told (complete, failed, screened).

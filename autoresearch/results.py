@@ -129,11 +129,18 @@ class Results:
         return keep
 
 
-def load_results(spec: StudySpec) -> Results:
-    """Open the stored study (never creates one) and compute every trial's figures."""
+def load_results(spec: StudySpec, machine: str | None = None) -> Results:
+    """Open the stored study (never creates one) and compute every trial's figures.
+
+    In a `machines = "fleet"` study only one machine's trials are compared (fleet.py):
+    `machine` if given, else this machine's, else the study's first machine's.
+    """
+    from autoresearch.fleet import on_machine, results_machine
+
     study = open_study(spec, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = on_machine(trials, results_machine(study, spec, machine))
     attrs = study.user_attrs
     raw = [_figures(t, attrs.get(confirmed_key(t.number))) for t in trials]
     base = next((f for f in raw if f.is_baseline), None)

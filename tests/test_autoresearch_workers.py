@@ -7,6 +7,7 @@ probe_start/probe_end times).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -87,7 +88,7 @@ def _assert_no_overlap(trials: list[FrozenTrial]) -> None:
         for t in trials if "probe_start" in t.user_attrs
     )  # fmt: skip
     assert len(spans) >= 2
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         assert end <= start, f"probes of trials {a} and {b} overlapped on one machine"
 
 

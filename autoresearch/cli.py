@@ -42,12 +42,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     than the study's is refused. Without --n-trials/--timeout it runs until stopped (Ctrl-C or
     SIGTERM re-enqueue its running trial).
     """
-    if args.n_trials is None and args.timeout is None:
-        args.n_trials = 10**9  # "until stopped": the study file's n_trials is per run
-    return _run_trials(args)
+    return _run_trials(args, until_stopped=args.n_trials is None and args.timeout is None)
 
 
-def _run_trials(args: argparse.Namespace) -> int:
+def _run_trials(args: argparse.Namespace, until_stopped: bool = False) -> int:
     from autoresearch.loop import run_study
     from autoresearch.study_file import load_study_file
 
@@ -55,7 +53,9 @@ def _run_trials(args: argparse.Namespace) -> int:
     # docker stop, systemd, `timeout`: like Ctrl-C, the probe dies and the trial is re-enqueued.
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        summary = run_study(spec, n_trials=args.n_trials, timeout_s=args.timeout)
+        summary = run_study(
+            spec, n_trials=args.n_trials, timeout_s=args.timeout, until_stopped=until_stopped
+        )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(f"completed: {summary.completed}")

@@ -73,11 +73,17 @@ def run_study(
     n_trials: int | None = None,
     timeout_s: float | None = None,
     display: Display | None = None,
+    until_stopped: bool = False,
 ) -> RunSummary:
-    """Run up to n_trials new trials (or until timeout_s); resumes a stored study."""
-    n_trials = n_trials if n_trials is not None else spec.n_trials
-    timeout_s = timeout_s if timeout_s is not None else spec.timeout_s
-    if n_trials is None and timeout_s is None:
+    """Run up to n_trials new trials (or until timeout_s); resumes a stored study.
+
+    until_stopped (`autoresearch worker` without limits): ignore the study file's n_trials and
+    timeout_s, which are per `run`, and take trials until Ctrl-C / SIGTERM.
+    """
+    if not until_stopped:
+        n_trials = n_trials if n_trials is not None else spec.n_trials
+        timeout_s = timeout_s if timeout_s is not None else spec.timeout_s
+    if n_trials is None and timeout_s is None and not until_stopped:
         raise AutoresearchError(
             f"{spec.path}: neither study.n_trials nor study.timeout_s is set; give one, or "
             "pass --n-trials / --timeout"

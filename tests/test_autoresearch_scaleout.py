@@ -316,3 +316,22 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path, tiny: tuple[Path, Path])
     first, retry = _trials(p)
     assert first.state == TrialState.FAIL and "SIGTERM" in first.user_attrs["fail_reason"]
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+
+
+def test_worker_without_limits_runs_until_sigterm(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    p = write_study(tmp_path, store=tiny[1])  # study.n_trials = 2: per `run`, not per worker
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "worker", str(p)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline
+        db = tmp_path / "study.db"
+        if db.exists() and sum(t.state == TrialState.COMPLETE for t in _trials(p)) >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, out  # stopped by the signal, not by study.n_trials
+    assert not [t for t in _trials(p) if t.state == TrialState.RUNNING]

@@ -69,6 +69,8 @@ def resolve(raw: str, base: Path, where: str) -> str:
             f"{where}: unknown storage {mask(raw)!r}; use sqlite:///x.db, "
             "postgresql://user@host/db, mysql://user@host/db or journal:///path/x.log"
         )
+    if scheme == "journal" and not url.partition(":///")[2]:
+        raise StorageError(f"{where}: {mask(raw)!r} names no file; use journal:///path/x.log")
     if scheme in ("sqlite", "journal"):
         head, _, tail = url.partition(":///")
         if tail and tail != ":memory:" and not tail.startswith("/"):

@@ -163,6 +163,7 @@ def load_study_file(path: str | Path, *, storage: str | None = None) -> StudySpe
     st = sp.table(path, doc, "study")
     for key in ("study", "model", "probe", "fidelity"):
         sp.known_keys(path, key, doc.get(key))
+    sp.no_nul_paths(path, doc)
     name = st.get("name", path.stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise StudyFileError(f"{path}: study.name must be letters, digits, - and _; got {name!r}")
@@ -199,6 +200,10 @@ def load_study_file(path: str | Path, *, storage: str | None = None) -> StudySpe
     raw_url = storage if storage is not None else st.get("storage", f"sqlite:///{name}.db")
     url = resolve(raw_url, here, where)
     out = sp.scale_out(path, st)
+    try:
+        cache_dir = resolve_cache_dir(out["cache_dir"], here)
+    except RuntimeError as e:  # "~user" of a user that does not exist
+        raise StudyFileError(f"{path}: study.cache_dir: {e}") from None
     return StudySpec(
         path=path,
         name=name,
@@ -223,7 +228,7 @@ def load_study_file(path: str | Path, *, storage: str | None = None) -> StudySpe
         work_dir=here,
         screen=screen,
         screen_keep=keep,
-        cache_dir=resolve_cache_dir(out["cache_dir"], here),
+        cache_dir=cache_dir,
         machines=out["machines"],
         heartbeat_interval=out["heartbeat_interval"],
         grace_period=out["grace_period"],

@@ -218,6 +218,19 @@ def model(
     return None, None, p
 
 
+PATH_KEYS = (("study", "space"), ("study", "storage"), ("study", "cache_dir"), ("model", "path"),
+             ("model", "store"), ("probe", "suite"))  # fmt: skip
+
+
+def no_nul_paths(path: Path, doc: dict[str, Any]) -> None:
+    """A NUL byte in a path makes every OS call fail with ValueError: refuse it by name."""
+    for table, key in PATH_KEYS:
+        t = doc.get(table)
+        v = t.get(key) if isinstance(t, dict) else None
+        if isinstance(v, str) and "\x00" in v:
+            raise StudyFileError(f"{path}: {table}.{key} contains a NUL character; fix the path")
+
+
 def relative_note(raw: str, resolved: Path, here: Path) -> str:
     """For errors: how a relative path in the study file was resolved (copied study files)."""
     if Path(raw).is_absolute():

@@ -138,3 +138,24 @@ def test_space_file_that_is_not_utf8_via_the_study(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_space_parser_structured(knobs: dict[str, Any], fixed: dict[str, Any]) -> None:
     _load("space", tomli_w.dumps({"knobs": knobs, "fixed": fixed}).encode())
+
+
+PATHISH = st.text(alphabet=st.sampled_from("/.~${}:\x00ab_-x"), max_size=16)
+
+
+@SETTINGS
+@given(
+    st.fixed_dictionaries({}, optional={k: PATHISH for k in ("space", "storage", "cache_dir")}),
+    st.fixed_dictionaries({}, optional={k: PATHISH for k in ("path", "store")}),
+    st.fixed_dictionaries({}, optional={"suite": PATHISH}),
+    st.sampled_from(["", "sqlite:///", "journal:///", "postgresql://u:p@"]),
+)
+def test_study_parser_path_values(
+    study: dict[str, Any], model: dict[str, Any], probe: dict[str, Any], scheme: str
+) -> None:
+    """Paths and URLs made of the characters that break paths: NUL, ~, ${, :, /."""
+    study = {"space": str(SPACES / "io.toml"), **study}
+    if "storage" in study:
+        study["storage"] = scheme + study["storage"]
+    doc = {"study": study, "model": model or {"store": "."}, "probe": probe}
+    _load("study", tomli_w.dumps(doc).encode())

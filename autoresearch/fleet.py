@@ -67,7 +67,7 @@ def check_machine(study: optuna.Study, spec: StudySpec) -> str:
 def on_machine(trials: Iterable[FrozenTrial], machine: str | None) -> list[FrozenTrial]:
     """The trials measured on `machine` (all of them when None): what a front may compare.
 
-    Trials from before fingerprints were recorded count as the study's first machine's.
+    Trials from before fingerprints were recorded are kept: they predate fleets.
     """
     trials = list(trials)
     if machine is None:

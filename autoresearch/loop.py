@@ -39,8 +39,10 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimi
 from optuna.trial import TrialState
 
 from autoresearch import fleet
+from autoresearch.backends import file_of
 from autoresearch.display import Display
 from autoresearch.errors import AutoresearchError
+from autoresearch.hostlock import ask_lock
 from autoresearch.storage import (
     fail_stale,
     open_study,
@@ -180,10 +182,13 @@ def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Tr
         storage.set_trial_user_attr(tid, "baseline", True)
         storage.set_trial_user_attr(tid, "baseline_knobs", list(params))
         return optuna.Trial(study, tid)
-    with warnings.catch_warnings():
+    db = file_of(spec.storage_url) if spec.storage_url.startswith("sqlite") else None
+    with ask_lock(spec.cache_dir, db), warnings.catch_warnings():
         # "Heartbeat is supposed to be used with Study.optimize": we run its thread ourselves.
         warnings.simplefilter("ignore", UserWarning)
-        return study.ask()
+        trial = study.ask()
+        trial.set_user_attr("worker", worker_attrs())  # claimed before the next worker asks
+        return trial
 
 
 def _has_baseline(study: optuna.Study, machine: str | None = None) -> bool:

@@ -80,6 +80,7 @@ class Results:
     figures: list[Figures]  # feasible, COMPLETE, in trial order
     infeasible: list[Figures]
     baseline: Figures | None
+    machine: str | None = None  # a fleet study's machine these figures are from (fleet.py)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -101,7 +102,8 @@ class Results:
         return pareto(self.figures, self.objectives)
 
     def noise_floor(self) -> dict[str, dict[str, float]]:
-        return dict(self.study.user_attrs.get("noise_floor") or {})
+        key = f"noise_floor_{self.machine}" if self.machine else "noise_floor"
+        return dict(self.study.user_attrs.get(key) or {})
 
     def near_front(self) -> list[Figures]:
         """The front plus trials the noise floor cannot tell apart from it.
@@ -140,7 +142,8 @@ def load_results(spec: StudySpec, machine: str | None = None) -> Results:
     study = open_study(spec, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    trials = on_machine(trials, results_machine(study, spec, machine))
+    machine = results_machine(study, spec, machine)
+    trials = on_machine(trials, machine)
     attrs = study.user_attrs
     raw = [_figures(t, attrs.get(confirmed_key(t.number))) for t in trials]
     base = next((f for f in raw if f.is_baseline), None)
@@ -153,6 +156,7 @@ def load_results(spec: StudySpec, machine: str | None = None) -> Results:
         figures=feasible,
         infeasible=[f for f in raw if f not in feasible],
         baseline=base,
+        machine=machine,
     )
 
 

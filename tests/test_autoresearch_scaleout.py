@@ -3,6 +3,7 @@ masked credentials, cache dir, SIGTERM and hostile study values."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
@@ -21,18 +22,19 @@ from autoresearch import fleet
 from autoresearch.backends import mask
 from autoresearch.cachedir import resolve_cache_dir
 from autoresearch.cli import main
-from autoresearch.errors import StudyFileError
+from autoresearch.errors import StorageError, StudyFileError
 from autoresearch.hostlock import lock_path, probe_lock
 from autoresearch.loop import run_study
 from autoresearch.results import load_results
+from autoresearch.storage import open_study
 from autoresearch.study_file import load_study_file
 
 __all__ = ["tiny"]
 
 
 def _trials(p: Path) -> list[optuna.trial.FrozenTrial]:
-    spec = load_study_file(p)
-    return optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+    # Through open_study: a worker may be creating the database's tables right now.
+    return open_study(load_study_file(p), create=False).get_trials()
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -78,8 +80,10 @@ def test_fleet_keeps_baselines_and_results_per_machine(
     # Fronts/exports compare one machine's timings only: this machine's by default.
     res = load_results(spec)
     assert {f.trial.user_attrs["machine_fingerprint"] for f in res.figures} == {"machine-b"}
+    assert res.noise_floor() == study.user_attrs["noise_floor_machine-b"]
     res = load_results(spec, machine="machine-a")
     assert {f.trial.user_attrs["machine_fingerprint"] for f in res.figures} == {"machine-a"}
+    assert res.baseline is not None and res.baseline.trial.user_attrs["baseline"]
 
 
 # ---- seeds and duplicates ---------------------------------------------------------------------
@@ -137,6 +141,24 @@ def test_probe_lock_excludes_other_processes_until_released(tmp_path: Path) -> N
     with probe_lock(tmp_path) as fd:
         assert fd >= 0 and not other_can_lock()
     assert other_can_lock()
+
+
+def test_probe_dies_with_its_killed_worker(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    p = write_study(tmp_path, store=tiny[1])
+    (tmp_path / "hold").touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "run", str(p), "--n-trials", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    # PR_SET_PDEATHSIG: no later `run` is needed to stop the orphan from measuring.
+    assert process_gone(int((tmp_path / "started").read_text()))
 
 
 def test_trials_record_utc_probe_times(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
@@ -327,9 +349,9 @@ def test_worker_without_limits_runs_until_sigterm(tmp_path: Path, tiny: tuple[Pa
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None and time.monotonic() < deadline
-        db = tmp_path / "study.db"
-        if db.exists() and sum(t.state == TrialState.COMPLETE for t in _trials(p)) >= 4:
-            break
+        with contextlib.suppress(StorageError):  # the worker has not created the study yet
+            if sum(t.state == TrialState.COMPLETE for t in _trials(p)) >= 4:
+                break
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0].decode()

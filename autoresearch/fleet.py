@@ -17,6 +17,7 @@ import json
 import os
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -29,11 +30,15 @@ MACHINE_KEY = "machine_fingerprint"  # trial and study user attr
 
 
 @functools.cache
-def this_machine() -> str:
-    """This machine's fingerprint id (no disk measurement: it must be instant and stable)."""
+def this_machine(disk: Path | None = None) -> str:
+    """This machine's fingerprint id, with the disk that holds `disk` (the cache dir: where the
+    stores are read from). No disk measurement: it must be instant and stable."""
     from engine.machine import fingerprint
 
-    return str(fingerprint(measure_disk=False)["id"])
+    if disk is not None:
+        while not disk.exists() and disk != disk.parent:
+            disk = disk.parent  # the cache dir may not exist yet; its disk does
+    return str(fingerprint(disk_path=disk, measure_disk=False)["id"])
 
 
 def worker_id() -> str:
@@ -50,7 +55,7 @@ def derived_seed(seed: int | None, trials_so_far: int, worker: str) -> int | Non
 
 def check_machine(study: optuna.Study, spec: StudySpec) -> str:
     """Tag a new study with this machine; refuse a one-machine study from another machine."""
-    me = this_machine()
+    me = this_machine(spec.cache_dir)
     theirs = study.user_attrs.get(MACHINE_KEY)
     if theirs is None:
         study.set_user_attr(MACHINE_KEY, me)
@@ -94,7 +99,7 @@ def results_machine(study: optuna.Study, spec: StudySpec, asked: str | None) -> 
     if asked is not None:
         return asked
     have = machines_of(study)
-    here = this_machine()
+    here = this_machine(spec.cache_dir)
     return here if here in have else (have[0] if have else here)
 
 

@@ -51,9 +51,9 @@ def test_worker_on_another_machine_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     p = write_study(tmp_path, store=tiny[1])
-    monkeypatch.setattr(fleet, "this_machine", lambda: "machine-a")
+    monkeypatch.setattr(fleet, "this_machine", lambda *_: "machine-a")
     assert main(["run", str(p), "--n-trials", "1"]) == 0
-    monkeypatch.setattr(fleet, "this_machine", lambda: "machine-b")
+    monkeypatch.setattr(fleet, "this_machine", lambda *_: "machine-b")
     capsys.readouterr()
     assert main(["worker", str(p), "--n-trials", "1"]) == 1
     err = _one_line_error(capsys)
@@ -67,7 +67,7 @@ def test_fleet_keeps_baselines_and_results_per_machine(
     p = write_study(tmp_path, store=tiny[1], extra_study='machines = "fleet"')
     spec = load_study_file(p)
     for machine in ("machine-a", "machine-b"):
-        monkeypatch.setattr(fleet, "this_machine", lambda m=machine: m)
+        monkeypatch.setattr(fleet, "this_machine", lambda *_, m=machine: m)
         assert run_study(spec, n_trials=3).completed == 3
     trials = _trials(p)
     by = {m: fleet.on_machine(trials, m) for m in ("machine-a", "machine-b")}

@@ -28,8 +28,11 @@ import errno
 import hashlib
 import json
 import math
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,22 +138,20 @@ def _run(
         while n_trials is None or summary.done < n_trials:
             if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                 break
+            trial: optuna.Trial | None = None
             try:
                 for number in fail_stale(study, spec.grace_period):
                     display.note(f"trial {number}: its worker stopped; marked FAIL and retried")
-                trial = _next_trial(spec, study, machine)
-            except KeyboardInterrupt:
-                summary.interrupted = True
-                break
-            try:
+                with _signals_deferred():  # a trial is never created without us knowing it
+                    trial = _next_trial(spec, study, machine)
                 with get_heartbeat_thread(trial._trial_id, study._storage):
                     ok = _one_trial(spec, study, trial, variants, display, machine)
             except UpdateFinishedTrialError:
                 # Our heartbeat stopped long enough for another worker to retry this trial.
-                display.note(f"trial {trial.number}: retried elsewhere (missed heartbeats)")
+                display.note(f"trial {trial.number if trial else '?'}: retried elsewhere")
                 continue
             except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                if trial is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
                     with contextlib.suppress(Exception):  # the study's own disk may be full
                         _fail(study, trial, f"disk full: {e.filename or e}")
                         _requeue(study, trial)
@@ -158,7 +159,10 @@ def _run(
             except KeyboardInterrupt:
                 summary.interrupted = True
                 # Ctrl-C may land after the trial was told (complete, failed, screened).
-                if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                if (
+                    trial is not None
+                    and study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+                ):
                     _fail(study, trial, "interrupted: Ctrl-C or SIGTERM during the trial")
                     _requeue(study, trial)
                     display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
@@ -169,6 +173,22 @@ def _run(
             summary.duplicates += ok == "duplicate"
             display.trial_done(study, trial.number, summary.done)
     return summary
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM while a trial is being created: delivered (as KeyboardInterrupt)
+    once the caller has the trial and can fail and re-enqueue it, instead of leaving it
+    RUNNING and unknown."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Trial:

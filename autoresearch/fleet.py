@@ -46,11 +46,21 @@ def worker_id() -> str:
 
 
 def derived_seed(seed: int | None, trials_so_far: int, worker: str) -> int | None:
-    """A per-process sampler seed: reproducible from the study seed, distinct per worker/resume."""
+    """The sampler seed for the next trial: the study seed mixed with the number of trials
+    so far (a resume never replays earlier samples) and, while other workers are measuring,
+    this worker's id (parallel workers draw different configs). A lone process stays
+    reproducible: worker is "" then."""
     if seed is None:
         return None
     body = f"{seed}:{trials_so_far}:{worker}".encode()
     return int.from_bytes(hashlib.sha256(body).digest()[:4], "big")
+
+
+def others_running(study: optuna.Study) -> bool:
+    """Does another process hold a RUNNING trial of this study right now?"""
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(t.user_attrs.get("worker", me) != me for t in running)
 
 
 def check_machine(study: optuna.Study, spec: StudySpec) -> str:

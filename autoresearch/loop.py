@@ -48,6 +48,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.hostlock import ask_lock
 from autoresearch.storage import (
     fail_stale,
+    make_sampler,
     open_study,
     recover_abandoned,
     retry_attrs,
@@ -193,6 +194,9 @@ def _signals_deferred() -> Iterator[None]:
 
 def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Trial:
     """The next trial to measure; in a fleet, this machine's own baseline first."""
+    # A fresh seed per trial (fleet.derived_seed); samplers keep no other state between trials.
+    worker = fleet.worker_id() if fleet.others_running(study) else ""
+    study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)), worker)
     if spec.machines == "fleet" and not _has_baseline(study, machine):
         # Created RUNNING for us, not enqueued: another machine must not take our baseline.
         params = spec.space.baseline_params()
@@ -201,14 +205,16 @@ def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Tr
         storage.set_trial_system_attr(tid, "fixed_params", params)
         storage.set_trial_user_attr(tid, "baseline", True)
         storage.set_trial_user_attr(tid, "baseline_knobs", list(params))
-        return optuna.Trial(study, tid)
-    db = file_of(spec.storage_url) if spec.storage_url.startswith("sqlite") else None
-    with ask_lock(spec.cache_dir, db), warnings.catch_warnings():
-        # "Heartbeat is supposed to be used with Study.optimize": we run its thread ourselves.
-        warnings.simplefilter("ignore", UserWarning)
-        trial = study.ask()
-        trial.set_user_attr("worker", worker_attrs())  # claimed before the next worker asks
-        return trial
+        trial = optuna.Trial(study, tid)
+    else:
+        db = file_of(spec.storage_url) if spec.storage_url.startswith("sqlite") else None
+        with ask_lock(spec.cache_dir, db), warnings.catch_warnings():
+            # "Heartbeat is supposed to be used with Study.optimize": we run its thread ourselves.
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()  # the WAITING -> RUNNING pop is what the lock protects
+    trial.set_user_attr("worker", worker_attrs())
+    trial.set_user_attr(fleet.MACHINE_KEY, machine)
+    return trial
 
 
 def _has_baseline(study: optuna.Study, machine: str | None = None) -> bool:
@@ -229,8 +235,6 @@ def _one_trial(
     machine: str,
 ) -> bool | str | None:
     """True: measured; False: failed; None: screened out; "duplicate": measured before."""
-    trial.set_user_attr("worker", worker_attrs())
-    trial.set_user_attr(fleet.MACHINE_KEY, machine)
     baseline = bool(trial.user_attrs.get("baseline"))
     # The baseline suggests only the knobs that can hold the engine default exactly (enqueued
     # as fixed params), so its config is EngineConfig()'s, not a sample that looks like it.

@@ -83,9 +83,11 @@ def fail_stale(study: optuna.Study, grace_s: int | None) -> list[int]:
     return [storage.get_trial(tid).number for tid in failed]
 
 
-def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-    # Per process: a resumed or parallel worker must not replay another's samples (fleet.py).
-    seed = derived_seed(spec.seed, trials_so_far, worker_id())
+def make_sampler(
+    spec: StudySpec, trials_so_far: int = 0, worker: str | None = None
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per trial count (and worker): see fleet.derived_seed."""
+    seed = derived_seed(spec.seed, trials_so_far, worker_id() if worker is None else worker)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "nsga2":

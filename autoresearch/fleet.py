@@ -125,8 +125,10 @@ def duplicate_of(
     for t in study.get_trials(deepcopy=False, states=states):
         if t.number == number or "config" not in t.user_attrs:
             continue
-        if t.state == TrialState.RUNNING and t.number > number:
-            continue  # two workers on one config at once: the older trial measures it
+        if t.state == TrialState.RUNNING and t.number > number and "child_pid" not in t.user_attrs:
+            # Two workers on one config, neither probing yet: the older trial measures it.
+            # (child_pid is written under the probe lock, so a recheck there sees it.)
+            continue
         if fleet and t.user_attrs.get(MACHINE_KEY) != machine:
             continue  # another machine's measurement of it is not ours
         fp = t.user_attrs.get("store_fingerprint", "")

@@ -1,7 +1,8 @@
 """Opening a study: storage, sampler, compatibility check, recovery of abandoned trials.
 
-Everything here goes through Optuna's public API so `optuna trials`, `optuna best-trials` and
-optuna-dashboard read the same study unmodified.
+Studies are plain Optuna studies, so `optuna trials`, `optuna best-trials` and optuna-dashboard
+read them unmodified. Beyond Optuna's public API we use only the heartbeat internals that
+Study.optimize itself uses (we run our own ask/tell loop).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def make_sampler(
 def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:
     """Create or load the study; refuse a stored study whose objectives/space/model differ.
 
-    create=False (status, show, export...) never creates a file, table or study.
+    create=False (status, show, export...) never creates a study file or a study.
     """
     db = file_of(spec.storage_url)
     if not create and db is not None and not db.exists():

@@ -131,7 +131,11 @@ def test_killed_worker_trial_is_retried_by_another(
     while not (tmp_path / "started").exists():
         assert time.monotonic() < deadline and all(pr.poll() is None for pr in procs)
         time.sleep(0.05)
-    time.sleep(0.3)
+    # All three hold a trial (two wait for the probe lock): none can be a late starter that
+    # would recover the dead trial at startup instead of through the heartbeat.
+    while len([t for t in _trials(p) if t.state == TrialState.RUNNING]) < 3:
+        assert time.monotonic() < deadline and all(pr.poll() is None for pr in procs)
+        time.sleep(0.1)
     held = [t for t in _trials(p) if t.state == TrialState.RUNNING and "child_pid" in t.user_attrs]
     assert len(held) == 1
     victim = next(pr for pr in procs if pr.pid == held[0].user_attrs["worker"]["pid"])

@@ -7,6 +7,8 @@ Errors raised on purpose print one line and exit 1.
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 from pathlib import Path
 
@@ -25,19 +27,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     kill -9, rerunning the same command marks the abandoned trial FAIL and retries it.
     --timeout is checked between trials: a running trial is bounded by study.trial_timeout_s.
     """
+    return _run_trials(args)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join a study as one more worker, from this machine or any other with the same storage.
+
+    The same loop as `run`, meant for many at once: on a shared storage (study.storage or
+    --storage: postgresql://..., mysql://..., journal:///shared/x.log) every worker takes the
+    next trial, builds stores and models in this machine's cache dir, and measures under this
+    machine's probe lock, so two workers on one machine never probe at the same time. A worker
+    whose heartbeat stops (kill -9, power loss) has its trial retried by another after
+    study.grace_period. Unless the study says machines = "fleet", a worker on a machine other
+    than the study's is refused. Without --n-trials/--timeout it runs until stopped (Ctrl-C or
+    SIGTERM re-enqueue its running trial).
+    """
+    return _run_trials(args, until_stopped=args.n_trials is None and args.timeout is None)
+
+
+def _run_trials(args: argparse.Namespace, until_stopped: bool = False) -> int:
     from autoresearch.loop import run_study
     from autoresearch.study_file import load_study_file
 
-    spec = load_study_file(args.study)
-    summary = run_study(spec, n_trials=args.n_trials, timeout_s=args.timeout)
+    spec = load_study_file(args.study, storage=args.storage)
+    # docker stop, systemd, `timeout`: like Ctrl-C, the probe dies and the trial is re-enqueued.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        summary = run_study(
+            spec, n_trials=args.n_trials, timeout_s=args.timeout, until_stopped=until_stopped
+        )
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(f"completed: {summary.completed}")
     print(f"failed: {summary.failed}")
     if summary.screened:
         print(f"screened_out: {summary.screened}")
+    if summary.duplicates:
+        print(f"duplicates_skipped: {summary.duplicates}")
     if summary.interrupted:
         print("interrupted: yes (rerun the same command to resume)")
         return 130
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _count(text: str) -> int:
+    """--n-trials: a whole number >= 1 (argparse prints the message and exits 2)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a finite number of seconds > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return v
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -67,7 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from autoresearch.status import status_lines
     from autoresearch.study_file import load_study_file
 
-    for line in status_lines(load_study_file(args.study)):
+    for line in status_lines(load_study_file(args.study, storage=args.storage)):
         print(line)
     return 0
 
@@ -189,10 +245,12 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Handler) -> argparse.ArgumentParser:
         return add_command(sub, name, fn)
 
-    sp = add("run", cmd_run)
-    sp.add_argument("study", help="study TOML (e.g. studies/demo.toml)")
-    sp.add_argument("--n-trials", type=int, help="trials to run now (default: study.n_trials)")
-    sp.add_argument("--timeout", type=float, help="seconds to run now (default: study.timeout_s)")
+    for name, fn in (("run", cmd_run), ("worker", cmd_worker)):
+        sp = add(name, fn)
+        sp.add_argument("study", help="study TOML (e.g. studies/demo.toml)")
+        sp.add_argument("--n-trials", type=_count, help="trials to run now (>= 1)")
+        sp.add_argument("--timeout", type=_seconds, help="seconds to run now (> 0)")
+        _storage_arg(sp)
 
     sp = add("demo", cmd_demo)
     sp.add_argument("study", nargs="?", default="studies/demo.toml", help="study TOML")
@@ -201,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("status", cmd_status)
     sp.add_argument("study", help="study TOML")
+    _storage_arg(sp)
 
     sp = add("confirm", cmd_confirm)
     sp.add_argument("study", help="study TOML")
@@ -228,6 +287,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("study", help="study TOML")
     sp.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (8080)")
     return p
+
+
+def _storage_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--storage",
+        metavar="URL",
+        help="use this storage instead of study.storage (sqlite:///x.db, postgresql://user@host"
+        "/db, journal:///shared/x.log; ${VAR} is read from the environment)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

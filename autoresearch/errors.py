@@ -29,3 +29,7 @@ class IncompatibleStudy(AutoresearchError):
 
 class VariantError(AutoresearchError):
     """A store variant (bits, group size, layout) could not be built or opened."""
+
+
+class OtherMachine(AutoresearchError):
+    """A worker on another machine joined a study that is measured on one machine only."""

@@ -7,8 +7,14 @@ one trial (bad config, pack failure, probe crash/hang/garbage) are told FAIL wit
 
 Ctrl-C: the running probe is killed, its trial is told FAIL "interrupted" and its parameters
 are re-enqueued, so the next `autoresearch run` measures it again; then we exit 130.
-kill -9: the trial stays RUNNING in storage; the next run marks it FAIL "abandoned" and
-re-enqueues it (storage.recover_abandoned).
+kill -9: the trial stays RUNNING in storage; the next run on this host marks it FAIL
+"abandoned" and re-enqueues it (storage.recover_abandoned), and any live worker of the study
+does the same once its heartbeat is older than study.grace_period (Optuna's heartbeat).
+SIGTERM is handled like Ctrl-C (cli.py turns it into KeyboardInterrupt).
+
+Many workers (`autoresearch worker`, or `run` on a shared storage) may run this loop on one
+study: each probe holds the machine's probe lock (hostlock.py), trials carry the machine's
+fingerprint, and a config this machine already measured is skipped (fleet.py).
 
 Cheap first fidelity (`[fidelity] screen = "trace"`): cache/prefetch-only candidates are first
 estimated by the trace simulator (autoresearch/screen.py); unpromising ones are told PRUNED
@@ -17,20 +23,38 @@ with their estimate and never measured, so the study holds real measurements onl
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
+import signal
+import threading
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses
 from optuna.trial import TrialState
 
+from autoresearch import fleet
+from autoresearch.backends import file_of
 from autoresearch.display import Display
 from autoresearch.errors import AutoresearchError
+from autoresearch.hostlock import ask_lock
 from autoresearch.optuna_view import label_study
-from autoresearch.storage import open_study, recover_abandoned, retry_attrs, worker_attrs
+from autoresearch.storage import (
+    fail_stale,
+    make_sampler,
+    open_study,
+    recover_abandoned,
+    retry_attrs,
+    worker_attrs,
+)
 from autoresearch.study_file import StudySpec
 from autoresearch.trial import ProbeResult, run_probe
 from autoresearch.variants import Variants
@@ -42,7 +66,12 @@ class RunSummary:
     completed: int = 0
     failed: int = 0
     screened: int = 0  # PRUNED by the trace simulator, never measured
+    duplicates: int = 0  # PRUNED: this machine already measured (or is measuring) the config
     interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.screened + self.duplicates
 
 
 def run_study(
@@ -51,23 +80,52 @@ def run_study(
     n_trials: int | None = None,
     timeout_s: float | None = None,
     display: Display | None = None,
+    until_stopped: bool = False,
 ) -> RunSummary:
-    """Run up to n_trials new trials (or until timeout_s); resumes a stored study."""
-    n_trials = n_trials if n_trials is not None else spec.n_trials
-    timeout_s = timeout_s if timeout_s is not None else spec.timeout_s
-    if n_trials is None and timeout_s is None:
+    """Run up to n_trials new trials (or until timeout_s); resumes a stored study.
+
+    until_stopped (`autoresearch worker` without limits): ignore the study file's n_trials and
+    timeout_s, which are per `run`, and take trials until Ctrl-C / SIGTERM.
+    """
+    if not until_stopped:
+        n_trials = n_trials if n_trials is not None else spec.n_trials
+        timeout_s = timeout_s if timeout_s is not None else spec.timeout_s
+    if n_trials is None and timeout_s is None and not until_stopped:
         raise AutoresearchError(
             f"{spec.path}: neither study.n_trials nor study.timeout_s is set; give one, or "
             "pass --n-trials / --timeout"
         )
     # Optuna's per-trial INFO lines would interleave with our display; warnings still show.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _run(spec, n_trials, timeout_s, display)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise AutoresearchError(_disk_full(spec, e.filename)) from None
+        raise
+    except Exception as e:  # SQLite reports a full disk as an OperationalError
+        if "database or disk is full" in str(e):
+            raise AutoresearchError(_disk_full(spec, spec.storage)) from None
+        raise
+
+
+def _disk_full(spec: StudySpec, where: object) -> str:
+    return (
+        f"{spec.path}: disk full while writing {where or 'the study'}; free space (stores "
+        f"and models are in {spec.cache_dir}) and rerun the same command to resume"
+    )
+
+
+def _run(
+    spec: StudySpec, n_trials: int | None, timeout_s: float | None, display: Display | None
+) -> RunSummary:
     study = open_study(spec)
     label_study(study, spec)  # optuna-dashboard / `optuna` CLI show the metric names
+    machine = fleet.check_machine(study, spec)
     display = display or Display(spec, n_trials, timeout_s)
     for number in recover_abandoned(study):
         display.note(f"trial {number}: abandoned by a killed run; marked FAIL and re-enqueued")
-    if not _has_baseline(study):
+    if spec.machines != "fleet" and not _has_baseline(study):
         # Trial 0 is the engine's default config, measured with extra repeats: the noise floor.
         # A baseline that failed is measured again: without it there is no floor and no ratio.
         params = spec.space.baseline_params()
@@ -81,36 +139,94 @@ def run_study(
     t0 = time.monotonic()
     with display:
         display.update_front(study)
-        while n_trials is None or summary.completed + summary.failed + summary.screened < n_trials:
+        while n_trials is None or summary.done < n_trials:
             if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                 break
+            trial: optuna.Trial | None = None
             try:
-                trial = study.ask()
-            except KeyboardInterrupt:
-                summary.interrupted = True
-                break
-            try:
-                ok = _one_trial(spec, study, trial, variants, display)
+                for number in fail_stale(study, spec.grace_period):
+                    display.note(f"trial {number}: its worker stopped; marked FAIL and retried")
+                with _signals_deferred():  # a trial is never created without us knowing it
+                    trial = _next_trial(spec, study, machine)
+                with get_heartbeat_thread(trial._trial_id, study._storage):
+                    ok = _one_trial(spec, study, trial, variants, display, machine)
+            except UpdateFinishedTrialError:
+                # Our heartbeat stopped long enough for another worker to retry this trial.
+                display.note(f"trial {trial.number if trial else '?'}: retried elsewhere")
+                continue
+            except OSError as e:
+                if trial is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    with contextlib.suppress(Exception):  # the study's own disk may be full
+                        _fail(study, trial, f"disk full: {e.filename or e}")
+                        _requeue(study, trial)
+                raise
             except KeyboardInterrupt:
                 summary.interrupted = True
                 # Ctrl-C may land after the trial was told (complete, failed, screened).
-                if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                    _fail(study, trial, "interrupted: Ctrl-C during the trial")
+                if (
+                    trial is not None
+                    and study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+                ):
+                    _fail(study, trial, "interrupted: Ctrl-C or SIGTERM during the trial")
                     _requeue(study, trial)
                     display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
                 break
             summary.completed += ok is True
             summary.failed += ok is False
             summary.screened += ok is None
-            done = summary.completed + summary.failed + summary.screened
-            display.trial_done(study, trial.number, done)
+            summary.duplicates += ok == "duplicate"
+            display.trial_done(study, trial.number, summary.done)
     return summary
 
 
-def _has_baseline(study: optuna.Study) -> bool:
-    """A baseline trial is complete, waiting or being measured."""
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM while a trial is being created: delivered (as KeyboardInterrupt)
+    once the caller has the trial and can fail and re-enqueue it, instead of leaving it
+    RUNNING and unknown."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Trial:
+    """The next trial to measure; in a fleet, this machine's own baseline first."""
+    # A fresh seed per trial (fleet.derived_seed); samplers keep no other state between trials.
+    worker = fleet.worker_id() if fleet.others_running(study) else ""
+    study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)), worker)
+    if spec.machines == "fleet" and not _has_baseline(study, machine):
+        # Created RUNNING for us, not enqueued: another machine must not take our baseline.
+        params = spec.space.baseline_params()
+        storage = study._storage
+        tid = storage.create_new_trial(study._study_id)
+        storage.set_trial_system_attr(tid, "fixed_params", params)
+        storage.set_trial_user_attr(tid, "baseline", True)
+        storage.set_trial_user_attr(tid, "baseline_knobs", list(params))
+        trial = optuna.Trial(study, tid)
+    else:
+        db = file_of(spec.storage_url) if spec.storage_url.startswith("sqlite") else None
+        with ask_lock(spec.cache_dir, db), warnings.catch_warnings():
+            # "Heartbeat is supposed to be used with Study.optimize": we run its thread ourselves.
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()  # the WAITING -> RUNNING pop is what the lock protects
+    trial.set_user_attr("worker", worker_attrs())
+    trial.set_user_attr(fleet.MACHINE_KEY, machine)
+    return trial
+
+
+def _has_baseline(study: optuna.Study, machine: str | None = None) -> bool:
+    """A baseline trial is complete, waiting or being measured (on `machine`, in a fleet)."""
     alive = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-    return any(t.user_attrs.get("baseline") for t in study.get_trials(states=alive))
+    trials = [t for t in study.get_trials(states=alive) if t.user_attrs.get("baseline")]
+    if machine is not None:
+        trials = [t for t in trials if t.user_attrs.get(fleet.MACHINE_KEY, machine) == machine]
+    return bool(trials)
 
 
 def _one_trial(
@@ -119,9 +235,9 @@ def _one_trial(
     trial: optuna.Trial,
     variants: Variants,
     display: Display,
-) -> bool | None:
-    """True: measured; False: failed; None: screened out by the trace simulator."""
-    trial.set_user_attr("worker", worker_attrs())
+    machine: str,
+) -> bool | str | None:
+    """True: measured; False: failed; None: screened out; "duplicate": measured before."""
     baseline = bool(trial.user_attrs.get("baseline"))
     # The baseline suggests only the knobs that can hold the engine default exactly (enqueued
     # as fixed params), so its config is EngineConfig()'s, not a sample that looks like it.
@@ -143,6 +259,8 @@ def _one_trial(
     extra: dict[str, Any] = {}
     if spec.memory_budget is not None:
         extra["memory_budget_bytes"] = spec.memory_budget  # the engine enforces it too
+    elif spec.expert_memory_fraction is not None:  # the same relative budget for every trial
+        extra["expert_memory_fraction"] = spec.expert_memory_fraction
     try:
         from autoresearch.space import to_config
 
@@ -151,14 +269,21 @@ def _one_trial(
     except ConfigError as e:
         _fail(study, trial, f"config: {e}")
         return False
+    trial.set_user_attr("store", str(store.path))
+    trial.set_user_attr("store_fingerprint", store.fingerprint)
     trial.set_user_attr("config", config.to_dict())
+    key = fleet.config_key(config.to_dict(), store.fingerprint)
+
+    def twin() -> int | None:
+        return fleet.duplicate_of(study, trial.number, key, machine, spec.machines == "fleet")
+
+    if (first := twin()) is not None:
+        return _skip_duplicate(study, trial, first, display)
     if spec.screen == "trace" and not baseline:
         display.phase("screening")
     if spec.screen == "trace" and not baseline and not _screen(spec, study, trial, store, config):
         display.note(f"trial {trial.number}: screened out by the trace simulator")
         return None
-    trial.set_user_attr("store", str(store.path))
-    trial.set_user_attr("store_fingerprint", store.fingerprint)
     required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
     repeats = max(spec.repeats, spec.baseline_repeats) if baseline else spec.repeats
 
@@ -173,6 +298,9 @@ def _one_trial(
             required=required,
             template=spec.probe_command,
             on_start=lambda pid: trial.set_user_attr("child_pid", pid),
+            lock_dir=spec.cache_dir,
+            # Again under the probe lock: a twin started by another worker is visible by now.
+            recheck=lambda: None if (t := twin()) is None else str(t),
         )
 
     # Search hooks (autoresearch/fidelity.py, racing.py): a short probe first, then racing.
@@ -190,7 +318,12 @@ def _one_trial(
     else:
         result = measure()
         trial.set_user_attr("measurements", repeats)
+    if result.skipped is not None:
+        return _skip_duplicate(study, trial, int(result.skipped), display)
     trial.set_user_attr("wall_s", round(result.wall_s, 3))
+    if result.probe_start is not None:
+        trial.set_user_attr("probe_start", result.probe_start)
+        trial.set_user_attr("probe_end", result.probe_end)
     if result.error is not None:
         _fail(study, trial, result.error)
         return False
@@ -200,9 +333,16 @@ def _one_trial(
     values = [float(result.metrics[m]) for m, _ in spec.objectives]
     if baseline:
         # Before tell: a complete baseline is never re-run, so a kill between would lose it.
-        _store_noise_floor(study, result.metrics)
+        _store_noise_floor(study, result.metrics, machine)
     study.tell(trial, values)
     return True
+
+
+def _skip_duplicate(study: optuna.Study, trial: optuna.Trial, twin: int, display: Display) -> str:
+    trial.set_user_attr("duplicate_of", twin)
+    study.tell(trial, state=TrialState.PRUNED)
+    display.note(f"trial {trial.number}: same config as trial {twin}; not measured again")
+    return "duplicate"
 
 
 _SCREENERS: dict[str, Any] = {}  # store path -> Screener, recorded once per process
@@ -248,8 +388,11 @@ def _store_metrics(study: optuna.Study, trial: optuna.Trial, result: ProbeResult
             study.set_user_attr("machine_id", mid)
 
 
-def _store_noise_floor(study: optuna.Study, metrics: dict[str, Any]) -> None:
-    """Spread of the repeated baseline, absolute and relative to its median, per metric."""
+def _store_noise_floor(study: optuna.Study, metrics: dict[str, Any], machine: str) -> None:
+    """Spread of the repeated baseline, absolute and relative to its median, per metric.
+
+    Per machine as `noise_floor_<fingerprint>`; `noise_floor` is the study's first machine's.
+    """
     floor: dict[str, dict[str, float]] = {}
     for name, spread in (metrics.get("spread") or {}).items():
         median = metrics.get(name)
@@ -257,7 +400,9 @@ def _store_noise_floor(study: optuna.Study, metrics: dict[str, Any]) -> None:
             continue
         rel = abs(spread / median) if median else 0.0
         floor[name] = {"spread": float(spread), "relative": rel}
-    study.set_user_attr("noise_floor", floor)
+    study.set_user_attr(f"noise_floor_{machine}", floor)
+    if study.user_attrs.get(fleet.MACHINE_KEY, machine) == machine:
+        study.set_user_attr("noise_floor", floor)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:

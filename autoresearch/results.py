@@ -70,6 +70,7 @@ class Results:
     figures: list[Figures]  # feasible, COMPLETE, in trial order
     infeasible: list[Figures]
     baseline: Figures | None
+    machine: str | None = None  # a fleet study's machine these figures are from (fleet.py)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -91,7 +92,8 @@ class Results:
         return pareto(self.figures, self.objectives)
 
     def noise_floor(self) -> dict[str, dict[str, float]]:
-        return dict(self.study.user_attrs.get("noise_floor") or {})
+        key = f"noise_floor_{self.machine}" if self.machine else "noise_floor"
+        return dict(self.study.user_attrs.get(key) or {})
 
     def best(self) -> dict[str, Figures | None]:
         """Per objective: the feasible trial with the best median (confirmed where present)."""
@@ -128,15 +130,23 @@ class Results:
         return keep
 
 
-def load_results(spec: StudySpec) -> Results:
-    """Open the stored study (never creates one) and compute every trial's figures."""
+def load_results(spec: StudySpec, machine: str | None = None) -> Results:
+    """Open the stored study (never creates one) and compute every trial's figures.
+
+    In a `machines = "fleet"` study only one machine's trials are compared (fleet.py):
+    `machine` if given, else this machine's, else the study's first machine's.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return results_of(spec, open_study(spec, create=False))
+    return results_of(spec, open_study(spec, create=False), machine)
 
 
-def results_of(spec: StudySpec, study: optuna.Study) -> Results:
+def results_of(spec: StudySpec, study: optuna.Study, machine: str | None = None) -> Results:
     """Every trial's figures of an open study (the live display reads a running one)."""
+    from autoresearch.fleet import on_machine, results_machine
+
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    machine = results_machine(study, spec, machine)
+    trials = on_machine(trials, machine)
     attrs = study.user_attrs
     raw = [_figures(t, attrs.get(confirmed_key(t.number))) for t in trials]
     base = next((f for f in raw if f.is_baseline), None)
@@ -149,6 +159,7 @@ def results_of(spec: StudySpec, study: optuna.Study) -> Results:
         figures=feasible,
         infeasible=[f for f in raw if f not in feasible],
         baseline=base,
+        machine=machine,
     )
 
 

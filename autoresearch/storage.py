@@ -1,11 +1,14 @@
-"""Opening a study: storage URL, sampler, compatibility check, recovery of abandoned trials.
+"""Opening a study: storage, sampler, compatibility check, recovery of abandoned trials.
 
-Everything here goes through Optuna's public API so `optuna trials`, `optuna best-trials` and
-optuna-dashboard read the same study unmodified.
+Studies are plain Optuna studies, so `optuna trials`, `optuna best-trials` and optuna-dashboard
+read them unmodified. Beyond Optuna's public API we use only the heartbeat internals that
+Study.optimize itself uses (we run our own ask/tell loop).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import socket
 import warnings
@@ -14,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
+from autoresearch.backends import file_of, open_backend, scrub
 from autoresearch.errors import IncompatibleStudy, StorageError
+from autoresearch.fleet import derived_seed, worker_id
 from autoresearch.study_file import StudySpec
 from autoresearch.trial import kill_group
 
@@ -24,62 +31,130 @@ HASH_KEY = "autoresearch_config_hash"
 IDENTITY_KEY = "autoresearch_config"
 
 
-def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
-    url = spec.storage
-    if url.startswith("sqlite:///"):
-        # SQLite creates the file but not its directory; a missing dir is the usual typo.
-        db = Path(url.removeprefix("sqlite:///"))
-        if str(db) != ":memory:" and not db.parent.is_dir():
-            raise StorageError(
-                f"{spec.path}: study.storage: directory {db.parent} does not exist "
-                f"(from {url!r}); create it or fix the URL"
-            )
-    try:
+def open_storage(spec: StudySpec, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """The study's storage (backends.py); heartbeats on, so a dead worker's trial is retried."""
+    where = f"{spec.path}: study.storage"
+    return open_backend(
+        spec.storage_url,
+        where,
+        create=create,
+        heartbeat_interval=spec.heartbeat_interval,
+        grace_period=spec.grace_period,
+        stale_callback=RetryStale(max_retry=3),
+    )
+
+
+class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker stopped beating; the retry carries only
+    `retry_of` and the baseline role, not the dead worker's pid, config and timings."""
+
+    def __init__(self, max_retry: int) -> None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
-            return optuna.storages.RDBStorage(url)
-    except Exception as e:  # SQLAlchemy raises many types; all mean "cannot open"
-        raise StorageError(
-            f"{spec.path}: study.storage: cannot open {url!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); use e.g. sqlite:///studies/x.db"
-        ) from e
+            warnings.simplefilter("ignore")  # "experimental since 2.8": stable in practice
+            super().__init__(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial.user_attrs = retry_attrs(trial.number, trial.user_attrs)
+        super().__call__(study, trial)
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    # tpe | gp | random | nsga2 | auto: the choice and its rule live in autoresearch/sampler.py.
+def fail_stale(study: optuna.Study, grace_s: int | None) -> list[int]:
+    """Optuna's fail_stale_trials, plus a fail_reason written while the trial is still RUNNING
+    (Optuna refuses attrs on finished trials). Only the worker whose FAIL lands retries it."""
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+        return []  # JournalStorage: no heartbeats; recover_abandoned covers this host
+    failed = []
+    for tid in storage._get_stale_trial_ids(study._study_id):
+        w = storage.get_trial(tid).user_attrs.get("worker") or {}
+        reason = (
+            f"abandoned: no heartbeat from worker {w.get('host', '?')}:{w.get('pid', '?')} "
+            f"for more than {grace_s} s (study.grace_period)"
+        )
+        try:
+            storage.set_trial_user_attr(tid, "fail_reason", reason)
+            if storage.set_trial_state_values(tid, state=TrialState.FAIL):
+                failed.append(tid)
+        except UpdateFinishedTrialError:
+            continue  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for tid in failed:
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(tid)))
+    return [storage.get_trial(tid).number for tid in failed]
+
+
+def make_sampler(
+    spec: StudySpec, trials_so_far: int = 0, worker: str | None = None
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler (tpe | gp | random | nsga2 | auto: the choice and its rule live in
+    autoresearch/sampler.py), seeded per trial count (and worker): see fleet.derived_seed."""
     from autoresearch.sampler import make_sampler as build
 
-    return build(spec.sampler, seed=spec.seed, space=spec.space, n_trials=spec.n_trials,
+    seed = derived_seed(spec.seed, trials_so_far, worker_id() if worker is None else worker)
+    return build(spec.sampler, seed=seed, space=spec.space, n_trials=spec.n_trials,
                  source=str(spec.path))  # fmt: skip
 
 
 def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:
-    """Create or load the study; refuse a stored study whose objectives/space/model differ."""
-    storage = open_storage(spec)
-    exists = any(s.study_name == spec.name for s in storage.get_all_studies())
-    if not exists:
+    """Create or load the study; refuse a stored study whose objectives/space/model differ.
+
+    create=False (status, show, export...) never creates a study file or a study.
+    """
+    db = file_of(spec.storage_url)
+    if not create and db is not None and not db.exists():
+        raise StorageError(
+            f"{spec.path}: no study {spec.name!r} in {spec.storage} (no such file yet); "
+            f"start it with `autoresearch run {spec.path}`"
+        )
+    storage = open_storage(spec, create=create)
+    try:
+        found = [s for s in storage.get_all_studies() if s.study_name == spec.name]
+    except Exception as e:  # an empty/foreign database file: SQLAlchemy's many error types
+        why = scrub(str(e).strip().splitlines()[0] if str(e).strip() else "", spec.storage_url)
+        raise StorageError(
+            f"{spec.path}: study.storage {spec.storage}: cannot read ({why})"
+        ) from None
+    if not found:
         if not create:
             raise StorageError(
                 f"{spec.path}: no study {spec.name!r} in {spec.storage}; "
                 f"start it with `autoresearch run {spec.path}`"
             )
+        # Several `run`s may start a new study at once: the losers load the winner's study.
         study = optuna.create_study(
             storage=storage,
             study_name=spec.name,
             directions=spec.directions,
             sampler=make_sampler(spec),
+            load_if_exists=True,
         )
-        study.set_user_attr(HASH_KEY, spec.digest())
-        study.set_user_attr(IDENTITY_KEY, spec.identity())
-        study.set_user_attr("study_file", str(spec.path))
-        return study
-    study = optuna.load_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec))
+        if study.user_attrs.get(HASH_KEY) is None and not study.trials:
+            _tag(study, spec)
+        return _checked(study, spec)
+    study = optuna.load_study(
+        storage=storage,
+        study_name=spec.name,
+        sampler=make_sampler(spec, storage.get_n_trials(found[0]._study_id)),
+    )
+    return _checked(study, spec)
+
+
+def _tag(study: optuna.Study, spec: StudySpec) -> None:
+    study.set_user_attr(HASH_KEY, spec.digest())
+    study.set_user_attr(IDENTITY_KEY, spec.identity())
+    study.set_user_attr("study_file", str(spec.path))
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names([m for m, _ in spec.objectives])  # not "Objective 0" in tools
+
+
+def _checked(study: optuna.Study, spec: StudySpec) -> optuna.Study:
     stored = study.user_attrs.get(HASH_KEY)
     directions = [d.name.lower() for d in study.directions]
     if stored is None and not study.trials and directions == spec.directions:
         # Killed between create_study and tagging it: nothing to be incompatible with.
-        study.set_user_attr(HASH_KEY, spec.digest())
-        study.set_user_attr(IDENTITY_KEY, spec.identity())
+        _tag(study, spec)
         return study
     if stored != spec.digest():
         old = study.user_attrs.get(IDENTITY_KEY, {})

@@ -1,8 +1,10 @@
 """Store variants: one packed store per (bits, group size, layout), built on first use, reused.
 
-Variants live next to the study file under `stores/<model>-b<bits>-g<group>-<layout>`; a
-synthesized model lives under `models/<family>-<preset>-s<seed>`. Both are built atomically by
-the engine (temp dir + rename), so a run killed mid-pack leaves nothing half-built behind.
+Variants live in this machine's cache dir (autoresearch/cachedir.py) under
+`stores/<model>-b<bits>-g<group>-<layout>`; a synthesized model under
+`models/<family>-<preset>-s<seed>`. Each machine of a fleet builds its own, on its own disk.
+Both are built atomically by the engine (temp dir + rename), so a run killed mid-pack leaves
+nothing half-built behind, and workers building the same variant at once both end up with it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Variants:
             return self.spec.model_path
         s = self.spec.synth
         assert s is not None
-        out = self.spec.work_dir / "models" / f"{s['family']}-{s['preset']}-s{s['seed']}"
+        out = self._root() / "models" / f"{s['family']}-{s['preset']}-s{s['seed']}"
         if not (out / "config.json").is_file():
             from engine.synth_generic import synthesize_family as synthesize
 
@@ -66,6 +68,16 @@ class Variants:
                 raise VariantError(f"{self.spec.path}: model.synth: {e}") from e
         return out
 
+    def _root(self) -> Path:
+        try:
+            self.spec.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VariantError(
+                f"{self.spec.path}: cannot create the cache dir {self.spec.cache_dir} "
+                f"({e.strerror}); set study.cache_dir or AUTORESEARCH_CACHE_DIR"
+            ) from None
+        return self.spec.cache_dir
+
     def get(self, bits: int | None, group_size: int | None, layout: str | None) -> StoreInfo:
         if self.spec.store_path is not None:
             return self._open(self.spec.store_path)
@@ -79,7 +91,7 @@ class Variants:
         if key in self._cache:
             return self._cache[key]
         model = self.model_dir()
-        path = self.spec.work_dir / "stores" / f"{model.name}-b{key[0]}-g{key[1]}-{key[2]}"
+        path = self._root() / "stores" / f"{model.name}-b{key[0]}-g{key[1]}-{key[2]}"
         if not (path / "manifest.json").is_file():
             from engine.pack import pack
 

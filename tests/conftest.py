@@ -23,6 +23,13 @@ def compiled_kernels() -> None:
     kernels.warm_up()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Studies build models/stores and take the probe lock in a cache dir: keep the tests' out
+    of the user's ~/.cache (children inherit the variable)."""
+    os.environ.setdefault("AUTORESEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("ar-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """tiny_checkpoint(family) -> HF-layout checkpoint dir (synth `tiny` preset, seed 0).

@@ -93,7 +93,7 @@ def test_fixed_store_with_variant_space_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "needle"),
-    [("sqlite:////no/such/dir/x.db", "does not exist"), ("nosuchdb://x", "cannot open")],
+    [("sqlite:////no/such/dir/x.db", "does not exist"), ("nosuchdb://x", "unknown storage")],
 )
 def test_unopenable_storage(tmp_path: Path, url: str, needle: str) -> None:
     p = write_study(tmp_path, store=tmp_path, extra_study=f'storage = "{url}"')
@@ -112,6 +112,7 @@ def test_status_of_a_study_never_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     p = write_study(tmp_path, store=tmp_path)
     assert main(["status", str(p)]) == 1
     assert "no study 'study'" in capsys.readouterr().err
+    assert not (tmp_path / "study.db").exists()  # a read-only command never creates a file
 
 
 def test_conditions_hold_in_every_sample_and_cache_fraction_maps() -> None:

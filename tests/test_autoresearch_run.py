@@ -154,4 +154,6 @@ def test_real_probe_end_to_end(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     for t in done:
         assert t.user_attrs["decode_tok_s"] > 0 and "machine_id" in t.user_attrs
     assert "noise_floor" in study.user_attrs and "machine" in study.user_attrs
-    assert (tmp_path / "stores").is_dir()  # variants built next to the study, reused
+    # Variants are built in this machine's cache dir (tests: conftest's), not by the study.
+    assert (load_study_file(p).cache_dir / "stores").is_dir()
+    assert not (tmp_path / "stores").exists()

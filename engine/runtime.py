@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,50 +33,16 @@ from engine.model import (
 )
 from engine.pagecache import PageCacheBudget, evict, resident_bytes_many
 from engine.prefetch import Prefetcher
+from engine.procstats import current_rss, disk_read_bytes, peak_rss, reset_peak_rss
 from engine.provider import ExpertProvider
 from engine.reader import ExpertReader
 from engine.store import Store
 
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def peak_rss() -> int:
-    """Peak RSS since the last reset_peak_rss() (VmHWM), else since the process started."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def reset_peak_rss() -> bool:
-    """Restart peak-RSS tracking (Linux clear_refs), so a probe's peak is its own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def disk_read_bytes() -> int:
-    """Bytes this process made the kernel fetch from storage (/proc/self/io read_bytes): a
-    page-cache hit costs nothing here, so warm and cold buffered runs differ honestly."""
-    try:
-        with open("/proc/self/io") as f:
-            for line in f:
-                if line.startswith("read_bytes:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
+# current_rss/peak_rss/reset_peak_rss/disk_read_bytes are re-exported for callers of this module.
+__all__ = [
+    "Engine", "check_variant", "current_rss", "disk_read_bytes", "peak_rss",
+    "reset_peak_rss", "resolve_compute_path", "run_summary",
+]  # fmt: skip
 
 MLX_CACHE_LIMIT = 16 << 20  # MLX's buffer cache under a memory budget
 # Runtime memory the budget reserves beyond the process at start-up: MLX's buffer cache, the

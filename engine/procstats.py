@@ -1,0 +1,45 @@
+"""This process's memory and I/O figures from /proc (Linux), for budgets and probes."""
+
+from __future__ import annotations
+
+import resource
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss() -> int:
+    """Peak RSS since the last reset_peak_rss() (VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> bool:
+    """Restart peak-RSS tracking (Linux clear_refs), so a probe's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def disk_read_bytes() -> int:
+    """Bytes this process made the kernel fetch from storage (/proc/self/io read_bytes): a
+    page-cache hit costs nothing here, so warm and cold buffered runs differ honestly."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

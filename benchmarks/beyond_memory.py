@@ -5,8 +5,9 @@
 
 Builds (once, under build/bench/) the preset at --layers layers in mlx-community's 4-bit layout
 and its store; the budget is the engine's own minimum for this store plus 1/N of its expert
-bytes, so the cache and the page cache together hold at most 1/N of the experts. Then, side by
-side in one process, every row cold (the store evicted from the page cache first):
+bytes (EngineConfig.expert_memory_fraction = 1/N), so the cache and the page cache together
+hold at most 1/N of the experts. Then, side by side in one run, every row cold (the store
+evicted from the page cache first) and in a fresh process of its own (memory is per process):
 - naive streaming (bench's baseline: each routed expert read from the checkpoint per token);
 - the engine's defaults under the budget;
 - the best config a study found: a --trials trial Optuna search scored by the trace simulator
@@ -21,8 +22,11 @@ rate, all-cached compute, prefetch recall). Goals: tuned >= 2x defaults and >= 6
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +37,6 @@ import optuna  # noqa: E402
 from engine.bench_cmd import _config_row, _naive_row, _suite  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.diskbench import measure_read_bandwidth  # noqa: E402
-from engine.errors import MemoryBudgetError  # noqa: E402
 from engine.machine import available_ram_bytes  # noqa: E402
 from engine.probe import measure_once  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
@@ -60,31 +63,45 @@ def ensure_model(preset: str, layers: int) -> tuple[Path, Store]:
     return src, Store.open(dst)
 
 
-def minimum_budget(store: Store) -> int:
-    """The engine's own minimum for this store (it names it when a budget is too small)."""
-    try:
-        Engine(store, EngineConfig(memory_budget_bytes=1)).close()
-    except MemoryBudgetError as e:
-        digits = str(e).split("minimum ")[1].split(" ")[0]
-        return int(digits.replace(",", ""))
-    raise AssertionError("a 1-byte budget was accepted")
+def _child(kind: str, store_path: str, src: str, cfg: dict | None, prompts: int, tokens: int,
+           trace_to: str | None = None) -> dict:  # fmt: skip
+    """One row, run in a fresh process (see _fresh)."""
+    store = Store.open(store_path)
+    suite = _suite_of(store, prompts, tokens)
+    if kind == "naive":
+        return _naive_row(store, Path(src), suite)
+    config = EngineConfig.from_dict(cfg or {})
+    if kind == "trace":
+        m, trace = measure_once(store, config, suite, cold=True, trace=True)
+        assert trace is not None and trace_to is not None
+        trace.save(trace_to)
+        with Engine(store, config) as eng:
+            m["cache_bytes"] = eng.cache_bytes  # what the budget leaves the cache
+        return m
+    return _config_row(store, config, suite)
 
 
-def search(
-    store: Store, suite: Suite, budget: int, trials: int, finalists: int
-) -> list[EngineConfig]:
+def _fresh(*args: object) -> dict:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return ex.submit(_child, *args).result()
+
+
+def _suite_of(store: Store, prompts: int, tokens: int) -> Suite:
+    suite = _suite(store, None)
+    ps = tuple(replace(p, decode_tokens=tokens) for p in suite.prompts[:prompts])
+    return replace(suite, prompts=ps)
+
+
+def search(store: Store, fraction: float, args: argparse.Namespace) -> list[EngineConfig]:
     """Optuna over the knobs the simulator models, scored on a routing trace recorded once."""
-    base = EngineConfig(memory_budget_bytes=budget, io_mode="direct", prefetch="none")
+    base = EngineConfig(expert_memory_fraction=fraction, io_mode="direct", prefetch="none")
     with tempfile.TemporaryDirectory() as tmp:
-        m, trace = measure_once(store, base, suite, cold=True, trace=True)
-        assert trace is not None
-        trace.save(Path(tmp) / "trace.npz")
-        trace = Trace.load(Path(tmp) / "trace.npz")
-    with Engine(store, base) as eng:
-        cache = eng.cache_bytes  # what the budget leaves the cache with direct I/O
+        path = str(Path(tmp) / "trace.npz")
+        m = _fresh("trace", str(store.root), "", base.to_dict(), args.prompts, args.tokens, path)
+        trace = Trace.load(path)
+    cache = int(m["cache_bytes"])
     # Compute per token: the measured decode time less the time it stalled on reads.
-    stall = m["io_stall_fraction"]
-    compute_s = (1 - stall) / m["decode_tok_s"]
+    compute_s = (1 - m["io_stall_fraction"]) / m["decode_tok_s"]
     disk = measure_read_bandwidth(store.layer_file(store.moe_layers[0]), store.expert_span,
                                   8, "direct", 256 << 20, pattern="random")  # fmt: skip
     rates = Rates(compute_s_per_token=compute_s, disk_bytes_per_s=disk * 1e9)
@@ -104,7 +121,7 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    study.optimize(objective, n_trials=trials)
+    study.optimize(objective, n_trials=args.trials)
     best = sorted(study.trials, key=lambda t: -(t.value or 0))
     seen, out = set(), []
     for t in best:
@@ -112,7 +129,7 @@ def search(
         if key not in seen:
             seen.add(key)
             out.append(EngineConfig.from_dict(t.user_attrs["config"]))
-        if len(out) == finalists:
+        if len(out) == args.finalists:
             break
     # The reader knobs the simulator does not model: a deeper queue for the finalists.
     return [c.replace(io_threads=8) for c in out]
@@ -130,28 +147,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     src, store = ensure_model(args.preset, args.layers)
-    from dataclasses import replace
-
-    suite = _suite(store, None)
-    suite = replace(suite, prompts=tuple(replace(p, decode_tokens=args.tokens)
-                                         for p in suite.prompts[: args.prompts]))  # fmt: skip
     experts = store.expert_nbytes * store.num_experts * len(store.layers)
-    floor = minimum_budget(store)
-    budget = floor + int(experts / args.oversubscription)
+    fraction = 1 / args.oversubscription
+    budgeted = EngineConfig(expert_memory_fraction=fraction)
     print(f"model: {args.preset} x {args.layers} layers, 4-bit; experts_bytes: {experts}")
-    print(f"memory_budget_bytes: {budget}  (engine minimum {floor} + experts / "
-          f"{args.oversubscription:g})")  # fmt: skip
-
+    print(f"memory budget: the engine's minimum + experts / {args.oversubscription:g} "
+          f"(expert_memory_fraction = {fraction:.3f})")  # fmt: skip
+    run = (str(store.root), str(src))
     rows: dict[str, dict] = {}
-    rows["naive"] = _naive_row(store, src, suite)
-    rows["defaults"] = _config_row(store, EngineConfig(memory_budget_bytes=budget), suite)
-    finalists = search(store, suite, budget, args.trials, args.finalists)
-    measured = [(_config_row(store, c, suite), c) for c in finalists]
+    rows["naive"] = _fresh("naive", *run, None, args.prompts, args.tokens)
+    rows["defaults"] = _fresh("config", *run, budgeted.to_dict(), args.prompts, args.tokens)
+    measured = [
+        (_fresh("config", *run, c.to_dict(), args.prompts, args.tokens), c)
+        for c in search(store, fraction, args)
+    ]
     best_row, best_cfg = max(measured, key=lambda rc: rc[0].get("decode_tok_s", 0.0))
     rows["tuned"] = best_row
     ram = available_ram_bytes() or 0
-    if experts + floor < 0.8 * ram:
-        rows["all_cached"] = _config_row(store, EngineConfig(cache_bytes=experts * 2), suite)
+    if 2 * experts < 0.8 * ram:
+        every = EngineConfig(cache_bytes=experts * 2).to_dict()
+        rows["all_cached"] = _fresh("config", *run, every, args.prompts, args.tokens)
     for name, r in rows.items():
         if r.get("status", "ok") != "ok":
             print(f"{name}: skipped ({r.get('reason')})")

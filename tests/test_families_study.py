@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.cli import main
+from autoresearch.study_file import load_study_file
 from engine.cli import main as engine_main
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,8 @@ def test_qwen3_5_moe_study_exports_a_config_engine_run_accepts(
     cfg = tomllib.loads(tuned.read_text())
     assert cfg["provenance"]["study"] == "q35"
     bits = cfg["engine"].get("quant_bits") or 16
-    store = next((tmp_path / "stores").glob(f"qwen3_5_moe-tiny-s0-b{bits}-*"))
+    stores = load_study_file(study).cache_dir / "stores"  # built per machine in the cache dir
+    store = next(stores.glob(f"qwen3_5_moe-tiny-s0-b{bits}-*"))
     capsys.readouterr()
     rc = engine_main(["run", str(store), "--config", str(tuned), "--prompt-ids", "5,9,17",
                       "--max-tokens", "4"])  # fmt: skip

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 
 from engine.cli import main
@@ -243,10 +242,12 @@ def test_out_under_an_existing_file(ckpt: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_synth_disk_full_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    def full(*a: object, **k: object) -> None:
-        raise RuntimeError("[save_safetensors] No space left on device")
+    import engine.synth_write
 
-    monkeypatch.setattr(mx, "save_safetensors", full)
+    def full(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.synth_write.os, "pwrite", full)  # synth's shard writer
     with pytest.raises(CheckpointError, match="free disk space"):
         synthesize(tmp_path / "m", family="qwen3_moe")
     assert list(tmp_path.iterdir()) == []

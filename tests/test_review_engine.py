@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ def _open_fds() -> int:
 
 def test_engine_close_releases_page_budget_fds(packed_store: Callable[..., Store]) -> None:
     store = packed_store("qwen3_moe")
+    gc.collect()  # an earlier test's garbage closing its fds mid-test would skew the count
     before = _open_fds()
     cfg = EngineConfig(cache_bytes=0, io_mode="buffered", memory_budget_bytes=1 << 40)
     with Engine(store, cfg) as engine:

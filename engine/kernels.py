@@ -156,12 +156,7 @@ def repack_quantized(
     dst[woff + sb : woff + sb + o_dim * g_n * 4].view(np.float32)[:] = biases
     if (bits == 4 and fmt == FMT_Q4) or (bits == 8 and fmt == FMT_Q8):
         # The stored bytes already pair elements as the layout does: only their order changes.
-        src = w[: o_dim * row_bytes].reshape(o_dim, g_n, steps, f)
-        for o in range(o_dim):
-            for jj in range(steps):
-                for g in range(g_n):
-                    for r in range(f):
-                        wq[o, jj, g * f + r] = src[o, g, jj, r]
+        _permute_rows(w[: o_dim * row_bytes].reshape(o_dim, g_n, steps, f), wq)
         return
     for o in range(o_dim):
         _unpack_row(w[o * row_bytes : (o + 1) * row_bytes], bits, i_dim, q)
@@ -173,6 +168,18 @@ def repack_quantized(
                         wq[o, jj, g * f + r] = np.uint8(q[2 * k] | (q[2 * k + 1] << 4))
                     else:
                         wq[o, jj, g * f + r] = np.uint8(q[k])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _permute_rows(src: np.ndarray, wq: np.ndarray) -> None:
+    """wq[o, jj, g*f + r] = src[o, g, jj, r]: rows split across threads (a cache miss waits on
+    this, once per expert and matrix)."""
+    o_dim, g_n, steps, f = src.shape
+    for o in prange(o_dim):
+        for jj in range(steps):
+            for g in range(g_n):
+                for r in range(f):
+                    wq[o, jj, g * f + r] = src[o, g, jj, r]
 
 
 @njit(cache=True, inline="always")

@@ -156,7 +156,8 @@ def repack_quantized(
     dst[woff + sb : woff + sb + o_dim * g_n * 4].view(np.float32)[:] = biases
     if (bits == 4 and fmt == FMT_Q4) or (bits == 8 and fmt == FMT_Q8):
         # The stored bytes already pair elements as the layout does: only their order changes.
-        _permute_rows(w[: o_dim * row_bytes].reshape(o_dim, g_n, steps, f), wq)
+        words = w[: o_dim * row_bytes].view(np.uint32).reshape(o_dim, g_n, per // 4)
+        _permute_rows(words, f, wq)
         return
     for o in range(o_dim):
         _unpack_row(w[o * row_bytes : (o + 1) * row_bytes], bits, i_dim, q)
@@ -170,16 +171,22 @@ def repack_quantized(
                         wq[o, jj, g * f + r] = np.uint8(q[k])
 
 
-@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def _permute_rows(src: np.ndarray, wq: np.ndarray) -> None:
-    """wq[o, jj, g*f + r] = src[o, g, jj, r]: rows split across threads (a cache miss waits on
-    this, once per expert and matrix)."""
-    o_dim, g_n, steps, f = src.shape
-    for o in prange(o_dim):
-        for jj in range(steps):
-            for g in range(g_n):
-                for r in range(f):
-                    wq[o, jj, g * f + r] = src[o, g, jj, r]
+@njit(cache=True, nogil=True, error_model="numpy")
+def _permute_rows(words: np.ndarray, f: int, wq: np.ndarray) -> None:
+    """wq[o, k // f, g*f + k % f] = byte k of group g of row o, reading 4 bytes at a time (a
+    byte-wise gather was 5x slower). A cache miss waits on this; serial, since reader threads
+    and the caller compete for the cores when misses happen."""
+    o_dim, g_n, n_words = words.shape
+    lf = 0
+    while (1 << lf) < f:
+        lf += 1
+    for o in range(o_dim):
+        for g in range(g_n):
+            for wd in range(n_words):
+                v = words[o, g, wd]
+                for b in range(4):
+                    k = 4 * wd + b
+                    wq[o, k >> lf, g * f + (k & (f - 1))] = np.uint8((v >> np.uint32(8 * b)) & 0xFF)
 
 
 @njit(cache=True, inline="always")

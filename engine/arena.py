@@ -118,7 +118,20 @@ class ExpertArena:
 
     def load(self, slot: int, raw: np.ndarray) -> None:
         """An expert's bytes as stored -> its kernel layout in `slot`."""
-        dst = self.data[slot]
+        self.fill(self.data[slot], raw)
+
+    def prepare(self, raw: np.ndarray) -> np.ndarray:
+        """An expert's bytes as stored -> a new buffer in kernel layout (what `place` copies
+        into a slot): run by the reader threads, so repacking overlaps compute and other
+        reads instead of stalling the layer that missed."""
+        buf = np.empty(self.slot_bytes, np.uint8)
+        self.fill(buf, raw)
+        return buf
+
+    def place(self, slot: int, prepared: np.ndarray) -> None:
+        self.data[slot][:] = prepared
+
+    def fill(self, dst: np.ndarray, raw: np.ndarray) -> None:
         st = self.store
         for row, proj in enumerate(PROJECTIONS):
             fmt, o_dim, i_dim, gs, off, f = (int(v) for v in self.mats[row])

@@ -111,7 +111,7 @@ class ExpertProvider:
                 self.stats.read_wait_s += time.perf_counter() - tw
                 slot = arena.alloc()
                 self._fresh.append(((layer, e), slot))
-                arena.load(slot, raw)
+                arena.place(slot, raw)  # the reader already repacked it (arena.prepare)
                 slots[i] = slot
         except BaseException:
             for _, slot in self._fresh:  # a failed read must not leak the group's slots

@@ -20,6 +20,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
@@ -56,6 +57,7 @@ class ExpertReader:
         io_threads: int = 4,
         page_budget: PageCacheBudget | None = None,
         verify: bool = True,
+        post: Callable[[np.ndarray], Any] | None = None,
     ) -> None:
         if io_mode not in IO_MODES:
             raise ValueError(f"io_mode must be one of {IO_MODES}, got {io_mode!r}")
@@ -69,6 +71,9 @@ class ExpertReader:
         self.io_threads = io_threads
         self.page_budget = page_budget
         self.verify = verify  # off only to measure what checking costs (benchmarks)
+        # Applied to a submitted read's checked bytes in the reader thread that finished it
+        # (the CPU path repacks there, in parallel with compute); the future yields its result.
+        self.post = post
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="expert-io")
         self._fds: dict[int, int] = {}
         self._maps: dict[int, mmap.mmap] = {}
@@ -335,7 +340,8 @@ class ExpertReader:
                 self._check(req)
                 with self._stat_lock:
                     self.submit_seconds += time.perf_counter() - req.t0
-                fut.set_result(req.buf[: req.loc.nbytes])
+                data = req.buf[: req.loc.nbytes]
+                fut.set_result(data if self.post is None else self.post(data))
             except BaseException as e:
                 _fail(fut, e)
 

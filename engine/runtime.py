@@ -130,17 +130,18 @@ class Engine:
             if page_allowance is not None and config.io_mode != "direct"
             else None
         )
+        # CPU path: experts live in arena slots; the cache owns some, the layer being computed
+        # borrows up to top_k more (a prompt's experts go through in groups of that size).
+        self.arena = (
+            ExpertArena(self.store, self._cache_slots(cache_bytes), self.top_k) if cpu else None
+        )
         self.reader = ExpertReader(
             self.store,
             config.io_mode,
             config.read_chunk_bytes,
             config.io_threads,
             page_budget=self.page_budget,
-        )
-        # CPU path: experts live in arena slots; the cache owns some, the layer being computed
-        # borrows up to top_k more (a prompt's experts go through in groups of that size).
-        self.arena = (
-            ExpertArena(self.store, self._cache_slots(cache_bytes), self.top_k) if cpu else None
+            post=self.arena.prepare if self.arena is not None else None,
         )
         self.cache = ExpertCache(
             cache_bytes,

@@ -142,13 +142,13 @@ def test_non_finite_expert_output_names_the_layer(
     with Engine(store, EngineConfig(compute_path="cpu", cache_bytes=0)) as engine:
         arena = engine.arena
         assert arena is not None
-        load = arena.load
+        place = arena.place
 
-        def poisoned(slot: int, raw: np.ndarray) -> None:
-            load(slot, raw)
+        def poisoned(slot: int, prepared: np.ndarray) -> None:
+            place(slot, prepared)
             arena.data[slot][:] = 0xFF  # bfloat16 0xFFFF is NaN
 
-        monkeypatch.setattr(arena, "load", poisoned)
+        monkeypatch.setattr(arena, "place", poisoned)
         with pytest.raises(NonFiniteError, match=f"layer {store.moe_layers[0]}: experts"):
             engine.generate([5, 9], 1)
 

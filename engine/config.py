@@ -24,6 +24,7 @@ QUANT_GROUP_SIZES = (32, 64, 128)
 LAYOUTS = ("natural", "coactivation")
 COMPUTE_DTYPES = ("float32", "model")
 COMPUTE_PATHS = ("auto", "cpu", "mlx")
+COMPUTE_WAITS = ("spin", "sleep")
 ALIGN = 4096  # O_DIRECT needs buffers, offsets and sizes aligned to the logical block size
 
 TABLES = ("engine", "provenance")  # the tables a config TOML may have (export writes both)
@@ -79,6 +80,11 @@ class EngineConfig:
     # (MLX's own ops: bit-identical to mlx-lm, and the path on Metal/CUDA), or "auto" (cpu
     # when MLX's default device is the CPU, else mlx).
     compute_path: str = "auto"
+    # Between kernel calls the CPU path's worker threads "spin" (no wake-up latency: fastest
+    # when compute-bound) or "sleep" (the cores go to the reader threads, which read, check and
+    # repack misses: faster when I/O-bound). OpenMP's wait policy: process-wide, so it takes
+    # effect for the first engine of a process (each trial is one).
+    compute_wait: str = "spin"
 
     def __post_init__(self) -> None:
         _check_int("cache_bytes", self.cache_bytes, minimum=0)
@@ -123,6 +129,7 @@ class EngineConfig:
                 )
         _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _check_choice("compute_path", self.compute_path, COMPUTE_PATHS)
+        _check_choice("compute_wait", self.compute_wait, COMPUTE_WAITS)
 
     # ---- conversions -------------------------------------------------------------------------
 

@@ -387,6 +387,22 @@ def expert_ffn(
             _rows(buf, mats[2], h, 0, d_out, out[p])
 
 
+def set_wait_policy(wait: str) -> bool:
+    """"spin" or "sleep" for the worker threads between kernel calls (OpenMP's wait policy).
+    Only possible before the threads start (the first parallel kernel of the process): returns
+    whether it was applied. A policy the user set in OMP_WAIT_POLICY is left alone."""
+    import os
+
+    from numba.np.ufunc import parallel
+
+    if getattr(parallel, "_is_initialized", False) or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    # spin: libgomp's default (spin a while, then sleep); sleep: yield the core at once.
+    if wait == "sleep":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel now, on tiny inputs, so the first
     token is not slowed by it and a memory budget measures the process with the JIT loaded."""

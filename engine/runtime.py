@@ -112,6 +112,7 @@ class Engine:
             # Dense layers to the CPU kernels before the cast, so 16-bit weights stay 16-bit.
             self.dense_bytes = use_cpu_linears(self.model) + keep_embeddings_16bit(self.model)
             self.model.set_dtype(mx.float32)
+            kernels.set_wait_policy(config.compute_wait)  # before the threads start
             kernels.warm_up()  # the JIT's memory is part of the process the budget measures
         if config.memory_budget_bytes is not None or config.expert_memory_fraction is not None:
             # MLX keeps freed buffers for reuse; under a budget that cache is bounded and counted.

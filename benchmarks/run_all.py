@@ -28,6 +28,16 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "streaming_vs_resident": ("streaming_vs_resident.py", [], ["--repeats", "1", "--prompts", "1"]),
     "allmiss_roofline": ("allmiss_roofline.py", [], ["--prompts", "1", "--raw-repeats", "1"]),
     "bench_small": ("bench_small.py", [], []),
+    "compute_roofline": (
+        "compute_roofline.py",
+        ["--io-bound"],
+        ["--preset", "small", "--bits", "4", "--tokens", "16", "--prompts", "1", "--no-resident"],
+    ),
+    "beyond_memory": (
+        "beyond_memory.py",
+        [],
+        ["--layers", "1", "--trials", "10", "--finalists", "1", "--prompts", "1"],
+    ),
     "checksum_overhead": ("checksum_overhead.py", [], ["--repeats", "1", "--prompts", "1"]),
 }
 

@@ -46,7 +46,8 @@ def dashboard_argv(spec: StudySpec, port: int = 8080, executable: str | None = N
     if not 0 < port < 65536:
         raise AutoresearchError(f"--port must be in 1..65535, got {port}")
     exe = executable or dashboard_executable()
-    return [exe, spec.storage, "--host", HOST, "--port", str(port)]
+    # The real URL (spec.storage masks a password): optuna-dashboard must be able to connect.
+    return [exe, spec.storage_url, "--host", HOST, "--port", str(port)]
 
 
 def run_dashboard(spec: StudySpec, port: int = 8080) -> int:

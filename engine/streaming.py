@@ -147,7 +147,7 @@ class StreamingSwitchGLU(nn.Module):
         routed to one expert go through it together (prefill), in bounded memory."""
         *lead, d = x.shape
         k = indices.shape[-1]
-        flat_idx = np.array(indices.reshape(-1))  # (T*k,): the one sync of the layer
+        flat_idx = np.array(indices.reshape(-1))  # (T*k,): routing known before any read
         xt = x.reshape(-1, d)  # (T, D)
         xn = np.ascontiguousarray(np.asarray(xt.astype(mx.float32)))
         order = np.argsort(flat_idx, kind="stable")

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 from engine.errors import ExpertCorrupt, ReadError
 from engine.manifest import checksum
 from engine.pagecache import PageCacheBudget
+from engine.prio_pool import PriorityPool
 from engine.rawio import ALIGN, aligned_empty, pread_full
 from engine.readplan import ExpertSource, FileSource, Request, manifest_file_size
 
@@ -74,7 +75,8 @@ class ExpertReader:
         # Applied to a submitted read's checked bytes in the reader thread that finished it
         # (the CPU path repacks there, in parallel with compute); the future yields its result.
         self.post = post
-        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="expert-io")
+        # Demand reads (priority 0) before prefetch guesses (1): see prio_pool.py.
+        self._pool = PriorityPool(io_threads, name="expert-io")
         self._fds: dict[int, int] = {}
         self._maps: dict[int, mmap.mmap] = {}
         self._paths: dict[int, Path] = {}
@@ -133,9 +135,12 @@ class ExpertReader:
                 if self._inline == 0:
                     self._idle.notify_all()
 
-    def submit(self, layer: int, expert: int) -> Future[np.ndarray]:
+    def submit(
+        self, layer: int, expert: int, *, speculative: bool = False
+    ) -> Future[np.ndarray]:
         """Read in the background; `.result()` gives the bytes or raises ReadError. Never hangs:
-        closing the reader fails pending futures; `.cancel()` skips chunks not yet started."""
+        closing the reader fails pending futures; `.cancel()` skips chunks not yet started.
+        speculative (prefetch): queued behind every demand read."""
         fut: Future[np.ndarray] = Future()
         try:
             if self._closed:
@@ -145,7 +150,7 @@ class ExpertReader:
             req.left = len(req.chunks)
             req.t0 = time.perf_counter()
             for i in range(len(req.chunks)):
-                cf = self._pool.submit(self._read_chunk, req, i)
+                cf = self._pool.submit(self._read_chunk, req, i, priority=int(speculative))
                 cf.add_done_callback(lambda f, r=req: self._chunk_done(r, f))
         except RuntimeError:  # the pool shut down between our check and submit
             _fail(fut, ReadError(f"reader is closed; cannot read layer {layer} expert {expert}"))

@@ -160,7 +160,7 @@ class Engine:
                 width=width,
                 moe_layers=self.store.moe_layers,
                 routers=routers(self.model, self.family),
-                submit=self.reader.submit,
+                submit=functools.partial(self.reader.submit, speculative=True),
                 is_cached=self.cache.__contains__,
             )
             if config.prefetch != "none"

@@ -284,3 +284,23 @@ def test_cancelled_submit_reads_nothing(store: FakeStore) -> None:
         assert cancelled
         assert kept.result(timeout=30).tobytes() == store.data[(0, 2)]
         assert r.reads == 1 and r.bytes_read == NBYTES
+
+
+def test_demand_reads_run_before_queued_prefetch_reads() -> None:
+    # One worker, held busy: two guesses then one demand read queue up; the demand read must
+    # run first, or a deeper prefetch would delay the layer that is waiting.
+    from engine.prio_pool import PriorityPool
+
+    pool = PriorityPool(1, name="t")
+    gate = threading.Event()
+    order: list[str] = []
+    pool.submit(gate.wait)
+    futs = [pool.submit(order.append, n, priority=1) for n in ("guess-1", "guess-2")]
+    futs.append(pool.submit(order.append, "demand", priority=0))
+    cancelled = pool.submit(order.append, "cancelled", priority=1)
+    assert cancelled.cancel()
+    gate.set()
+    for f in futs:
+        f.result(timeout=5)
+    pool.shutdown(wait=True)
+    assert order == ["demand", "guess-1", "guess-2"]

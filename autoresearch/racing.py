@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from autoresearch.errors import StudyFileError
+from autoresearch.study_parts import key_text
 
 Direction = Literal["maximize", "minimize"]
 Verdict = Literal["dominated", "front", "repeat", "budget"]
@@ -40,7 +41,7 @@ def parse_racing(path: Any, table: Any) -> RacingSpec | None:
     bad = sorted(set(table) - {"enabled", "max_repeats", "z", "min_noise"})
     if bad:
         raise StudyFileError(
-            f"{path}: unknown key(s) {', '.join('racing.' + b for b in bad)}; "
+            f"{path}: unknown key(s) {', '.join('racing.' + key_text(b) for b in bad)}; "
             "[racing] may hold enabled, max_repeats, z, min_noise"
         )
     if table.get("enabled", True) is False:

@@ -173,7 +173,8 @@ def load_study_file(path: str | Path, *, storage: str | None = None) -> StudySpe
     allowed = {"study", "model", "probe", "objectives", "constraints", "fidelity", "racing"}
     bad = sorted(set(doc) - allowed)
     if bad:
-        raise StudyFileError(f"{path}: unknown table(s) {', '.join(bad)}; allowed: {allowed}")
+        shown = ", ".join(sp.key_text(b) for b in bad)
+        raise StudyFileError(f"{path}: unknown table(s) {shown}; allowed: {allowed}")
     here = path.resolve().parent
     st = sp.table(path, doc, "study")
     for key in ("study", "model", "probe", "fidelity"):

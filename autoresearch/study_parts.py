@@ -7,6 +7,7 @@ samplers, allowed keys) and one validator per table.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,19 @@ def fidelity(path: Path, t: Any, space: Space) -> tuple[str, float]:
     return screen, float(keep)
 
 
+def key_text(k: object) -> str:
+    """A key as a message shows it: bare when TOML would write it bare, else quoted (a key with
+    a newline or control character must not break the one-line error)."""
+    return k if isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_-]+", k) else repr(k)
+
+
 def known_keys(path: Path, key: str, t: Any) -> None:
     if not isinstance(t, dict):
         return  # absent, or not a table: reported where the table is read
     bad = sorted(set(t) - KEYS[key])
     if bad:
         raise StudyFileError(
-            f"{path}: unknown key(s) {', '.join(f'{key}.{b}' for b in bad)}; "
+            f"{path}: unknown key(s) {', '.join(f'{key}.{key_text(b)}' for b in bad)}; "
             f"[{key}] may hold {', '.join(sorted(KEYS[key]))}"
         )
     if key == "model":

@@ -129,3 +129,16 @@ def test_conditions_hold_in_every_sample_and_cache_fraction_maps() -> None:
         assert ("prefetch_depth" in knobs) == (knobs["prefetch"] != "none")
     # 0.25 x 1,000,000 bytes = 250,000, rounded down to whole 4 KiB pages: 61 x 4096.
     assert to_config({"cache_fraction": 0.25}, expert_bytes=1_000_000).cache_bytes == 249_856
+
+
+def test_a_key_with_a_newline_is_quoted_in_a_one_line_error(tmp_path: Path) -> None:
+    # Found by the property test: TOML allows any quoted key, and printing it bare broke the
+    # error over two lines.
+    p = tmp_path / "x.toml"
+    p.write_text(
+        f'[study]\nspace = "{SPACES / "demo.toml"}"\n'
+        '[model]\nsynth = { family = "qwen3_moe", "a\\nb" = 1 }\n'
+    )
+    with pytest.raises(StudyFileError) as e:
+        load_study_file(p)
+    assert "\n" not in str(e.value) and "'a\\nb'" in str(e.value)

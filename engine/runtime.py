@@ -21,6 +21,7 @@ from engine.cache import ExpertCache
 from engine.config import EngineConfig
 from engine.cpu_linear import keep_embeddings_16bit, use_cpu_linears
 from engine.errors import ConfigError, MemoryBudgetError
+from engine.families import text_config
 from engine.generate import Generation, generate
 from engine.model import (
     compute_dtype,
@@ -49,6 +50,13 @@ MLX_CACHE_LIMIT = 16 << 20  # MLX's buffer cache under a memory budget
 # activations and KV cache of a probe-sized context, reader buffers. The governor (see
 # Engine._govern) shrinks the expert cache if a run needs more.
 RUNTIME_RESERVE = MLX_CACHE_LIMIT + (48 << 20)
+PROMPT_LOGITS_TOKENS = 64  # mlx-lm computes a prompt's logits at every position
+
+
+def runtime_reserve(vocab: int) -> int:
+    """RUNTIME_RESERVE plus a prompt's logits (float32, MLX's and the lm_head kernel's copy):
+    with a real vocabulary (152k) a 48-token prefill alone is ~60 MB of RSS."""
+    return RUNTIME_RESERVE + 2 * 4 * vocab * PROMPT_LOGITS_TOKENS
 
 
 def resolve_compute_path(name: str) -> str:
@@ -207,13 +215,14 @@ class Engine:
         for f in self.dense_files:
             evict(f)
         base = current_rss()
+        reserve = runtime_reserve(int(text_config(self.model_config).get("vocab_size") or 0))
         if cfg.expert_memory_fraction is not None:
             # The model's minimum whatever the config (so every config gets the same budget):
             # process with dense weights + one token's experts + the page-cache floor + runtime.
             model_min = base + self.top_k * self.entry_bytes + self.store.expert_span
             experts = self.store.expert_nbytes * self.store.num_experts * len(self.store.layers)
             self.memory_budget = int(
-                model_min + RUNTIME_RESERVE + cfg.expert_memory_fraction * experts
+                model_min + reserve + cfg.expert_memory_fraction * experts
             )
         budget = self.memory_budget
         assert budget is not None
@@ -223,7 +232,7 @@ class Engine:
         working = (self.top_k + staging) * self.entry_bytes  # one layer's experts + staged reads
         # A buffered/mmap read caches at least the expert it reads: reserve it, not overdraw.
         floor = self.store.expert_span if cfg.io_mode != "direct" else 0
-        minimum = base + working + floor + RUNTIME_RESERVE
+        minimum = base + working + floor + reserve
         if budget < minimum:
             what = (
                 f"memory_budget_bytes = {budget:,}"
@@ -234,7 +243,7 @@ class Engine:
                 f"{what} is below the minimum "
                 f"{minimum:,} this store needs (process with dense weights {base:,} + one "
                 f"layer's experts and staged reads {working:,} + page cache {floor:,} + "
-                f"runtime {RUNTIME_RESERVE:,}); raise the budget, or use a smaller quant_bits store"
+                f"runtime {reserve:,}); raise the budget, or use a smaller quant_bits store"
             )
         headroom = budget - minimum
         cache = min(cfg.cache_bytes, headroom)

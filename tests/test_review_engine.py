@@ -43,7 +43,7 @@ def test_budget_split_never_exceeds_the_budget(
     with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
         working = probe_engine.entry_bytes * probe_engine.top_k
     for extra in (0, store.expert_span // 2, 3 * store.expert_span):
-        reserve = runtime.RUNTIME_RESERVE
+        reserve = runtime.runtime_reserve(int(store.config["vocab_size"]))
         budget = base + working + store.expert_span + reserve + extra
         cfg = EngineConfig(cache_bytes=1 << 40, io_mode="buffered", memory_budget_bytes=budget)
         with Engine(store, cfg) as engine:

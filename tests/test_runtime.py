@@ -86,9 +86,10 @@ def test_memory_budget_shrinks_the_cache_and_bounds_page_cache(
             pytest.skip(f"{dst}: filesystem keeps pages after FADV_DONTNEED")
         with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
             base = probe_engine.entry_bytes * probe_engine.top_k
-        from engine.runtime import RUNTIME_RESERVE, current_rss
+        from engine.runtime import current_rss, runtime_reserve
 
-        budget = current_rss() + base + RUNTIME_RESERVE + 6 * store.expert_span
+        reserve = runtime_reserve(int(store.config["vocab_size"]))
+        budget = current_rss() + base + reserve + 6 * store.expert_span
         cfg = EngineConfig(cache_bytes=1 << 40, io_mode="buffered", memory_budget_bytes=budget)
         with Engine(store, cfg) as engine:
             assert engine.cache_bytes < budget  # the cache was shrunk to fit

@@ -20,6 +20,7 @@ import numpy as np
 
 from engine import kernels as K
 from engine.errors import MemoryBudgetError, StoreError
+from engine.repack import half_to_f32, repack_quantized
 from engine.store import Store, TensorSpec
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # order of the kernels' matrix table
@@ -76,7 +77,7 @@ def _u8(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
 def _floats(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
     """Scales or biases as float32, whatever float dtype the store keeps them in."""
     b = _u8(raw, t)
-    return b.view(np.float32) if t.dtype == "float32" else K.half_to_f32(b.view(np.uint16), t.dtype)
+    return b.view(np.float32) if t.dtype == "float32" else half_to_f32(b.view(np.uint16), t.dtype)
 
 
 class ExpertArena:
@@ -140,9 +141,7 @@ class ExpertArena:
                 s_t, b_t = self._specs[f"{proj}.scales"], self._specs[f"{proj}.biases"]
                 scales, biases = _floats(raw, s_t), _floats(raw, b_t)
                 end = off + K.matrix_bytes(fmt, o_dim, i_dim, gs)
-                K.repack_quantized(
-                    w, scales, biases, st.bits, fmt, o_dim, i_dim, gs, f, dst[off:end]
-                )
+                repack_quantized(w, scales, biases, st.bits, fmt, o_dim, i_dim, gs, f, dst[off:end])
             elif self._specs[f"{proj}.weight"].dtype == "float16":
                 dst[off : off + w.size * 2].view(np.float32)[:] = w.view(np.float16)
             else:  # bfloat16 bits or float32: the kernel reads them as stored

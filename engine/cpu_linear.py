@@ -17,6 +17,7 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from engine import kernels as K
+from engine.repack import repack_quantized
 
 
 def _bits16(a: mx.array) -> np.ndarray:
@@ -71,7 +72,7 @@ class CpuLinear(nn.Module):
             scales = np.array(layer["scales"].astype(mx.float32)).ravel()
             biases = np.array(layer["biases"].astype(mx.float32)).ravel()
             packed = np.array(w).view(np.uint8).ravel()
-            K.repack_quantized(
+            repack_quantized(
                 packed, scales, biases, layer.bits, fmt, o_dim, i_dim, gs, int(table[0, K.M_F]), buf
             )
             return cls(buf, table, bias_np)

@@ -135,9 +135,7 @@ class ExpertReader:
                 if self._inline == 0:
                     self._idle.notify_all()
 
-    def submit(
-        self, layer: int, expert: int, *, speculative: bool = False
-    ) -> Future[np.ndarray]:
+    def submit(self, layer: int, expert: int, *, speculative: bool = False) -> Future[np.ndarray]:
         """Read in the background; `.result()` gives the bytes or raises ReadError. Never hangs:
         closing the reader fails pending futures; `.cancel()` skips chunks not yet started.
         speculative (prefetch): queued behind every demand read."""

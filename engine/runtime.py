@@ -221,9 +221,7 @@ class Engine:
             # process with dense weights + one token's experts + the page-cache floor + runtime.
             model_min = base + self.top_k * self.entry_bytes + self.store.expert_span
             experts = self.store.expert_nbytes * self.store.num_experts * len(self.store.layers)
-            self.memory_budget = int(
-                model_min + reserve + cfg.expert_memory_fraction * experts
-            )
+            self.memory_budget = int(model_min + reserve + cfg.expert_memory_fraction * experts)
         budget = self.memory_budget
         assert budget is not None
         staging = (

@@ -14,6 +14,7 @@ from engine.arena import ExpertArena
 from engine.config import EngineConfig
 from engine.cpu_linear import CpuLinear, use_cpu_linears
 from engine.errors import ConfigError, NonFiniteError
+from engine.repack import repack_quantized
 from engine.runtime import Engine
 from engine.store import Store
 
@@ -24,7 +25,7 @@ def _packed(o: int, i: int, bits: int, gs: int, seed: int = 0):
     fmt = K.matrix_format(bits, "")
     table, nbytes = K.layout_table([(fmt, o, i, gs)])
     buf = np.zeros(nbytes, np.uint8)
-    K.repack_quantized(
+    repack_quantized(
         np.array(q).view(np.uint8).ravel(),
         np.array(s.astype(mx.float32)).ravel(),
         np.array(b.astype(mx.float32)).ravel(),

@@ -38,7 +38,6 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses
 from optuna.trial import TrialState
 
 from autoresearch import fleet
@@ -48,11 +47,15 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.hostlock import ask_lock
 from autoresearch.optuna_view import label_study
 from autoresearch.storage import (
+    create_running,
     fail_stale,
+    fixed_params,
+    heartbeat,
     make_sampler,
     open_study,
     recover_abandoned,
     retry_attrs,
+    still_running,
     worker_attrs,
 )
 from autoresearch.study_file import StudySpec
@@ -148,7 +151,7 @@ def _run(
                     display.note(f"trial {number}: its worker stopped; marked FAIL and retried")
                 with _signals_deferred():  # a trial is never created without us knowing it
                     trial = _next_trial(spec, study, machine)
-                with get_heartbeat_thread(trial._trial_id, study._storage):
+                with heartbeat(study, trial):
                     ok = _one_trial(spec, study, trial, variants, display, machine)
             except UpdateFinishedTrialError:
                 # Our heartbeat stopped long enough for another worker to retry this trial.
@@ -163,10 +166,7 @@ def _run(
             except KeyboardInterrupt:
                 summary.interrupted = True
                 # Ctrl-C may land after the trial was told (complete, failed, screened).
-                if (
-                    trial is not None
-                    and study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
-                ):
+                if trial is not None and still_running(study, trial):
                     _fail(study, trial, "interrupted: Ctrl-C or SIGTERM during the trial")
                     _requeue(study, trial)
                     display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
@@ -203,12 +203,8 @@ def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Tr
     if spec.machines == "fleet" and not _has_baseline(study, machine):
         # Created RUNNING for us, not enqueued: another machine must not take our baseline.
         params = spec.space.baseline_params()
-        storage = study._storage
-        tid = storage.create_new_trial(study._study_id)
-        storage.set_trial_system_attr(tid, "fixed_params", params)
-        storage.set_trial_user_attr(tid, "baseline", True)
-        storage.set_trial_user_attr(tid, "baseline_knobs", list(params))
-        trial = optuna.Trial(study, tid)
+        attrs = {"baseline": True, "baseline_knobs": list(params)}
+        trial = create_running(study, params, attrs)
     else:
         db = file_of(spec.storage_url) if spec.storage_url.startswith("sqlite") else None
         with ask_lock(spec.cache_dir, db), warnings.catch_warnings():
@@ -412,6 +408,5 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
 
 def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
     # An enqueued trial's own params (the baseline's defaults), even if Ctrl-C cut suggest short.
-    fixed = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
-    params = {**(fixed or {}), **trial.params}
+    params = {**fixed_params(study, trial), **trial.params}
     study.enqueue_trial(params, user_attrs=retry_attrs(trial.number, trial.user_attrs))

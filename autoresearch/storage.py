@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.trial import TrialState
 
 from autoresearch.backends import file_of, open_backend, scrub
@@ -251,3 +251,35 @@ def _is_probe(pid: int) -> bool:
         return b"autoresearch-trial-" in cmd.read_bytes()
     except OSError:
         return False
+
+
+# ---- trial-level access the public API lacks (the loop's only reach into Optuna internals) --
+
+
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Any:
+    """Context manager beating for `trial` while it runs: the thread Study.optimize runs (we
+    drive trials with ask/tell, so we start it ourselves)."""
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+def still_running(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """The trial's stored state is RUNNING (a Ctrl-C may land after it was told)."""
+    return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+
+def fixed_params(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
+    """An enqueued trial's own params (what enqueue_trial stored), even if suggest never ran."""
+    return dict(study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params") or {})
+
+
+def create_running(
+    study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]
+) -> optuna.Trial:
+    """A trial created RUNNING for this process with enqueue-style fixed params: unlike an
+    enqueued one, no other worker can take it (a fleet machine's own baseline)."""
+    storage = study._storage
+    tid = storage.create_new_trial(study._study_id)
+    storage.set_trial_system_attr(tid, "fixed_params", params)
+    for key, value in user_attrs.items():
+        storage.set_trial_user_attr(tid, key, value)
+    return optuna.Trial(study, tid)

@@ -83,6 +83,17 @@ _GENERIC = (
     Figure("next_layer_recall", (0.6, 0.9)),
 )
 
+# Fine-grained 384/512-expert models (Kimi K2, Qwen3.5): one routing calibration, one set of
+# published figures (Kimi K2 has none of its own; the 512-expert ones stand in).
+FINE_GRAINED_KNOBS = RoutingKnobs(
+    n_topics=64, pool_fraction=0.15, class_share=0.3, skew=0.8, drift=0.8, run_length=128
+)
+FINE_GRAINED_FIGURES = (
+    Figure("hit_rate", 0.67, 0.125),
+    Figure("hit_rate", 0.81, 0.25),
+    Figure("next_layer_recall", (0.6, 0.9)),
+)
+
 REAL_PRESETS: dict[str, RealPreset] = {
     "qwen3-30b-a3b": RealPreset(
         model="Qwen/Qwen3-30B-A3B",
@@ -208,14 +219,8 @@ REAL_PRESETS: dict[str, RealPreset] = {
             "rope_theta": 50000.0,
             "max_position_embeddings": 131072,
         },
-        knobs=RoutingKnobs(
-            n_topics=64, pool_fraction=0.15, class_share=0.3, skew=0.8, drift=0.8, run_length=128
-        ),
-        figures=(
-            Figure("hit_rate", 0.67, 0.125),
-            Figure("hit_rate", 0.81, 0.25),
-            Figure("next_layer_recall", (0.6, 0.9)),
-        ),
+        knobs=FINE_GRAINED_KNOBS,
+        figures=FINE_GRAINED_FIGURES,
         source="No per-layer LRU figure is published for Kimi K2; the fine-grained 512-expert "
         "top-10 figures (~67% at 12.5%, ~81% at 25%, issue 16) stand in as the closest shape. "
         "At 8 of 384 experts chance reuse is 2%, and 67% LRU hits need far more than "
@@ -250,14 +255,8 @@ REAL_PRESETS: dict[str, RealPreset] = {
             "rms_norm_eps": 1e-6,
             "max_position_embeddings": 262144,
         },
-        knobs=RoutingKnobs(
-            n_topics=64, pool_fraction=0.15, class_share=0.3, skew=0.8, drift=0.8, run_length=128
-        ),
-        figures=(
-            Figure("hit_rate", 0.67, 0.125),
-            Figure("hit_rate", 0.81, 0.25),
-            Figure("next_layer_recall", (0.6, 0.9)),
-        ),
+        knobs=FINE_GRAINED_KNOBS,
+        figures=FINE_GRAINED_FIGURES,
         source="512-expert top-10 models: ~67% per-layer LRU hit at 12.5% cached, ~81% at 25% "
         "(issue 16, from the seed's survey of offloading reports). Chance reuse is 2% here; "
         "those hits need far more than 1.5-2.5x chance, so that range is not a target.",

@@ -1,9 +1,10 @@
 """ExpertArena: every expert the CPU kernels compute with lives in one slot of one array.
 
 A slot holds one expert's gate/up/down matrices in the kernels' layout (engine.kernels), made
-from the store's bytes once per load (`load`). One array for all of them lets a single kernel
-call compute a layer's experts across threads, and lets the cache hand over a slot id instead
-of copying: a miss is loaded into a free slot, computed, then given to the cache (or freed).
+from the store's bytes once per load (`prepare`, in a reader thread; `place` copies it in).
+One array for all of them lets a single kernel call compute a layer's experts across threads,
+and lets the cache hand over a slot id instead of copying: a miss is loaded into a free slot,
+computed, then given to the cache (or freed).
 
 Slots: `cache_slots` the cache may own + `work_slots` for the layer being computed, so a free
 slot always exists for every expert of a group. The arena is an anonymous mapping: untouched
@@ -116,10 +117,6 @@ class ExpertArena:
         """Return the RAM of every free slot to the OS (its bytes read as zeros afterwards)."""
         for slot in self._free:
             self._map.madvise(mmap.MADV_DONTNEED, slot * self.slot_bytes, self.slot_bytes)
-
-    def load(self, slot: int, raw: np.ndarray) -> None:
-        """An expert's bytes as stored -> its kernel layout in `slot`."""
-        self.fill(self.data[slot], raw)
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """An expert's bytes as stored -> a new buffer in kernel layout (what `place` copies

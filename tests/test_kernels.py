@@ -122,7 +122,7 @@ def test_arena_load_matches_mlx_dequantize(packed_store: Callable[..., Store]) -
 
     with ExpertReader(store, "buffered", 1 << 20, 1) as reader:
         raw = reader.submit(store.moe_layers[0], 3).result()
-    arena.load(0, raw)
+    arena.place(0, arena.prepare(raw))  # what a reader thread and the provider do
     w = store.decode(raw)
     x = np.random.default_rng(0).standard_normal((1, int(w["gate_proj.scales"].shape[1]) * 64))
     x = x.astype(np.float32)

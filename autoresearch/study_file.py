@@ -22,8 +22,9 @@ Format (paths are relative to the study file; see studies/demo.toml):
     trial_timeout_s = 600          # a trial's probe is killed after this and recorded FAIL
     cold = true                    # cold (page cache evicted) or warm runs; never mixed
     expert_memory_fraction = 0.3   # every trial's RAM budget, baseline included: the model's
-                                   # minimum + this share of its expert bytes (instead of a
-                                   # memory_bytes constraint's absolute budget)
+                                   # minimum + this share of its expert bytes at the source
+                                   # checkpoint's precision (the same bytes for every store
+                                   # variant; instead of a memory_bytes constraint's budget)
 
     [model]                        # exactly one of:
     synth = { family = "qwen3_moe", preset = "small", seed = 0 }   # built once, cached

@@ -69,7 +69,9 @@ class EngineConfig:
     memory_budget_bytes: int | None = None
     # The same budget said relative to the model, for studies that must stay in the streaming
     # regime on any machine: the model's own minimum (dense weights, one token's experts,
-    # runtime) + this fraction of the store's expert bytes. Excludes memory_budget_bytes.
+    # runtime) + this fraction of the model's expert bytes, experts counted at the precision of
+    # the checkpoint the store was packed from (so every store variant of one model gets the
+    # same bytes). Excludes memory_budget_bytes.
     expert_memory_fraction: float | None = None
     # Dtype of weights and activations at compute time: "float32" (MLX's CPU kernels are fast
     # and complete in fp32; its CPU gather_mm supports nothing else) or "model" (the checkpoint's

@@ -217,10 +217,13 @@ class Engine:
         base = current_rss()
         reserve = runtime_reserve(int(text_config(self.model_config).get("vocab_size") or 0))
         if cfg.expert_memory_fraction is not None:
-            # The model's minimum whatever the config (so every config gets the same budget):
-            # process with dense weights + one token's experts + the page-cache floor + runtime.
-            model_min = base + self.top_k * self.entry_bytes + self.store.expert_span
-            experts = self.store.expert_nbytes * self.store.num_experts * len(self.store.layers)
+            # The model's minimum + a share of its experts, whatever the config and whichever
+            # variant of the model this store is: experts count at the source checkpoint's
+            # precision, so a 4-bit variant gets the bytes its 16-bit source would (a machine's
+            # RAM does not grow when the weights shrink) and fits ~3.5x more experts in them.
+            one = self.store.source_expert_nbytes
+            model_min = base + (self.top_k + 1) * one  # one token's experts + a read's pages
+            experts = one * self.store.num_experts * len(self.store.layers)
             self.memory_budget = int(model_min + reserve + cfg.expert_memory_fraction * experts)
         budget = self.memory_budget
         assert budget is not None

@@ -18,6 +18,7 @@ expert's start), so a reader needs only (file, offset, nbytes) per expert.
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -199,6 +200,26 @@ class Store:
     @property
     def expert_span(self) -> int:
         return self.layers[0].experts[0].span
+
+    @property
+    def source_expert_nbytes(self) -> int:
+        """One expert's bytes at the precision of the checkpoint this store was packed from:
+        the model's size, the same for every store variant packed from that checkpoint (a
+        16-bit source counts 2 bytes a weight; a quantized one its bits plus bf16 scales and
+        biases). An unreadable source record counts the store's own bytes."""
+        q = (self.manifest.get("source") or {}).get("quantization")
+        params = 0
+        for t in self.expert_tensors:
+            if t.name.endswith((".scales", ".biases")) and self.bits < 16:
+                continue  # quantization metadata, not weights
+            n = math.prod(t.shape)
+            params += n * 32 // self.bits if self.bits < 16 and t.dtype == "uint32" else n
+        if q is None:
+            return 2 * params
+        bits, group = (q.get("bits"), q.get("group_size")) if isinstance(q, dict) else (0, 0)
+        if not (isinstance(bits, int) and isinstance(group, int) and 2 <= bits <= 8 and group > 0):
+            return self.expert_nbytes
+        return params * bits // 8 + 2 * 2 * params // group
 
     def profile(self) -> dict[int, list[int]] | None:
         """Per-layer routed counts from calibration (for the pinned cache policy), if recorded."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 from collections.abc import Callable
@@ -216,3 +217,25 @@ def test_tuned_file_for_another_store_is_refused_without_force(
     assert "--force" in capsys.readouterr().err
     assert main([*argv, "--force"]) == 0
     assert "warning" in capsys.readouterr().err
+
+
+def test_a_relative_budget_is_the_same_bytes_for_every_variant_of_a_model(
+    packed_store: Callable[..., Store],
+) -> None:
+    """expert_memory_fraction counts experts at the source checkpoint's precision: the 4-bit
+    variant gets the 16-bit model's budget (not 30% of its own, smaller experts) and so holds
+    more experts in it."""
+    b16, b4 = packed_store("qwen3_moe"), packed_store("qwen3_moe", bits=4)
+    params = sum(
+        math.prod(t.shape) for t in b16.expert_tensors if t.name.endswith(".weight")
+    )
+    assert b16.source_expert_nbytes == b4.source_expert_nbytes == 2 * params
+    cfg = EngineConfig(cache_bytes=1 << 40, expert_memory_fraction=0.3)
+    held = {}
+    for store in (b16, b4):
+        with Engine(store, cfg) as engine:
+            assert engine.memory_budget is not None
+            held[store.bits] = (engine.memory_budget, engine.cache_bytes // engine.entry_bytes)
+    (budget16, slots16), (budget4, slots4) = held[16], held[4]
+    assert abs(budget16 - budget4) <= 0.03 * budget16, held
+    assert slots4 >= 2 * max(slots16, 1), held

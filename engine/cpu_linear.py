@@ -93,16 +93,20 @@ class CpuLinear(nn.Module):
 def use_cpu_linears(model: nn.Module) -> int:
     """Swap every dense Linear/QuantizedLinear of `model` for a CpuLinear, in place, before the
     model is cast (so 16-bit weights stay 16-bit). Returns the bytes the swapped layers hold."""
-    swaps: list[tuple[str, Any]] = []
-    for path, mod in model.named_modules():
-        twin = (
-            CpuLinear.from_linear(mod) if isinstance(mod, nn.Linear | nn.QuantizedLinear) else None
-        )
-        if twin is not None:
-            swaps.append((path, twin))
-    if swaps:
-        model.update_modules(tree_unflatten(swaps))
-    return sum(t.nbytes for _, t in swaps)
+    paths = [p for p, m in model.named_modules() if isinstance(m, nn.Linear | nn.QuantizedLinear)]
+    held = 0
+    for path in paths:  # one at a time: the MLX copy is freed before the next is repacked
+        twin = CpuLinear.from_linear(_module_at(model, path))
+        model.update_modules(tree_unflatten([(path, twin)]))
+        held += twin.nbytes
+    return held
+
+
+def _module_at(model: nn.Module, path: str) -> Any:
+    mod: Any = model
+    for part in path.split("."):
+        mod = mod[int(part)] if isinstance(mod, list) else getattr(mod, part)
+    return mod
 
 
 class WidenedEmbedding(nn.Module):

@@ -13,6 +13,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.utils import load_model
 
 from engine.errors import ConfigError, StoreError
@@ -26,8 +27,11 @@ from engine.families import (
     projections_of,
     set_experts,
 )
+from engine.pagecache import evict
 from engine.store import Store
 from engine.streaming import StreamingSwitchGLU
+
+MATERIALIZE_BYTES = 64 << 20  # dense weights read between page-cache drops while loading
 
 
 def streaming_twin(
@@ -67,8 +71,9 @@ def load_streaming_model(
         raise StoreError(f"{dense / 'config.json'}: missing; re-pack the store")
     try:
         model, config = load_model(
-            Path(dense), lazy=False, strict=True, get_model_classes=_streaming_classes(quant)
+            Path(dense), lazy=True, strict=True, get_model_classes=_streaming_classes(quant)
         )
+        _materialize(model, sorted(dense.glob("*.safetensors")))
     except ValueError as e:
         raise StoreError(f"{dense}: non-expert weights do not fit the model ({e})") from e
     if dtype is not None:
@@ -80,6 +85,25 @@ def load_streaming_model(
             f"{store.moe_layers}; re-pack the store"
         )
     return model, config
+
+
+def _materialize(model: nn.Module, files: list[Path]) -> None:
+    """Read the (lazily loaded) dense weights ~MATERIALIZE_BYTES at a time, dropping the files'
+    pages from the page cache after each batch: loading holds the weights once (in RSS), not
+    twice (RSS + their file pages), which a memory budget sampled from outside counts."""
+    batch: list[mx.array] = []
+    size = 0
+    for _, a in tree_flatten(model.parameters()):
+        batch.append(a)
+        size += a.nbytes
+        if size >= MATERIALIZE_BYTES:
+            mx.eval(batch)
+            for f in files:
+                evict(f)
+            batch, size = [], 0
+    mx.eval(batch)
+    for f in files:
+        evict(f)
 
 
 def streaming_blocks(model: nn.Module) -> list[StreamingSwitchGLU]:

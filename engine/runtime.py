@@ -104,6 +104,10 @@ class Engine:
         path = resolve_compute_path(config.compute_path)
         dense_cpu = path == "cpu"
         dtype = compute_dtype(config.compute_dtype)
+        if config.memory_budget_bytes is not None or config.expert_memory_fraction is not None:
+            # MLX keeps freed buffers for reuse; under a budget that cache is bounded and
+            # counted, from the load on (swapping in the CPU linears frees the loaded copies).
+            mx.set_cache_limit(MLX_CACHE_LIMIT)
         self.model, self.model_config = load_streaming_model(
             self.store, None if dense_cpu else dtype
         )
@@ -122,9 +126,7 @@ class Engine:
             self.model.set_dtype(mx.float32)
             kernels.set_wait_policy(config.compute_wait)  # before the threads start
             kernels.warm_up()  # the JIT's memory is part of the process the budget measures
-        if config.memory_budget_bytes is not None or config.expert_memory_fraction is not None:
-            # MLX keeps freed buffers for reuse; under a budget that cache is bounded and counted.
-            mx.set_cache_limit(MLX_CACHE_LIMIT)
+            mx.clear_cache()  # the MLX copies the CPU linears replaced
         if config.experts_per_token is not None:
             set_experts_per_token(
                 self.model, self.family, config.experts_per_token, self.store.num_experts

@@ -55,7 +55,7 @@ def _round_up(n: int, to: int) -> int:
 
 
 def _fits_in_ram(ckpt: Checkpoint) -> bool:
-    from engine.machine import available_ram_bytes
+    from engine.measure.machine import available_ram_bytes
 
     size = sum(f.stat().st_size for f in ckpt.root.glob("*.safetensors"))
     avail = available_ram_bytes() or 0

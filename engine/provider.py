@@ -55,7 +55,7 @@ class ExpertProvider:
         self.prefetcher = prefetcher
         self.compute_dtype = compute_dtype
         self.stats = FetchStats()
-        self.tracer: Any = None  # engine.trace.Tracer while a probe records a routing trace
+        self.tracer: Any = None  # engine.measure.trace.Tracer while a probe records a routing trace
         # What one decoded expert costs in the cache: the arrays we keep, not the disk span.
         self._entry_bytes: int | None = None
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import machine
+from engine.measure import machine
 
 
 def test_fingerprint_fields_are_present_and_typed(tmp_path: Path) -> None:

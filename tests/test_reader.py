@@ -257,7 +257,7 @@ def test_page_budget_bounds_store_pages(disk_dir: Path, mode: str) -> None:
 
 @pytest.mark.parametrize("pattern", ["sequential", "random"])
 def test_diskbench_smoke(disk_dir: Path, pattern: str) -> None:
-    from engine.diskbench import make_test_file, measure_read_bandwidth
+    from engine.measure.diskbench import make_test_file, measure_read_bandwidth
 
     p = make_test_file(disk_dir / "bench.bin", 1 << 20)
     assert p.stat().st_size == 1 << 20

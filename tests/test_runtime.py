@@ -12,9 +12,9 @@ import pytest
 
 from engine import pagecache
 from engine.cli import main
+from engine.cli.run import TOKENIZER_FILES
 from engine.config import EngineConfig
 from engine.errors import ConfigError, MemoryBudgetError, ReadError
-from engine.run_cmd import TOKENIZER_FILES
 from engine.runtime import Engine
 from engine.store import Store
 

@@ -18,7 +18,7 @@ from engine.model import load_reference
 from engine.runtime import Engine
 from engine.store import Store
 from engine.streaming import StreamingSwitchGLU, prepare_weights
-from engine.synth import SYNTH_FAMILIES
+from engine.synth.hf import SYNTH_FAMILIES
 
 FAMS = list(SYNTH_FAMILIES)  # every family synth can make: all of them stream
 PROMPT = [5, 9, 17, 33, 65, 101, 7, 7, 12, 250, 3, 44]

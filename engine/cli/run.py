@@ -16,8 +16,8 @@ from typing import Any
 from engine.config import EngineConfig, load_provenance
 from engine.errors import ConfigError, StoreCorrupt
 from engine.families import text_config
+from engine.measure.probe import store_files
 from engine.pagecache import evict_all
-from engine.probe import store_files
 from engine.runtime import Engine, run_summary
 from engine.shapes import open_for_run
 from engine.store import Store

@@ -101,7 +101,7 @@ def package_versions() -> dict[str, str | None]:
 
 def git_revision() -> str | None:
     """HEAD of the repo this package lives in (+'-dirty'), None outside a git checkout."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
@@ -213,8 +213,8 @@ def disk_bandwidth(path: Path, device: str | None = None) -> float | None:
 
 
 def _measure(path: Path) -> float | None:
-    from engine.diskbench import make_test_file, measure_read_bandwidth
     from engine.errors import EngineError
+    from engine.measure.diskbench import make_test_file, measure_read_bandwidth
 
     where = path if path.is_dir() else path.parent
     while not where.exists() and where != where.parent:

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.errors import CheckpointError
 from engine.families import FAMILIES
-from engine.synth_routing import RoutingKnobs
+from engine.synth.routing import RoutingKnobs
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from engine.config import EngineConfig
 from engine.errors import CheckpointError, EngineError
 from engine.families import text_config
 from engine.generate import Generation
-from engine.machine import available_ram_bytes, fingerprint
+from engine.measure.machine import available_ram_bytes, fingerprint
 from engine.pagecache import evict_all
 from engine.shapes import open_for_run
 from engine.store import Store
@@ -59,7 +59,7 @@ def bench(
     source: Path | None = None,
 ) -> dict[str, Any]:
     """One bench run -> {"rows", "ratios", "roofline", "machine", "suite", "config"}."""
-    from engine.naive import source_path
+    from engine.measure.naive import source_path
 
     if source is not None and not (source / "config.json").is_file():
         # Asked for by name: skipping its rows silently would hide the typo.
@@ -87,7 +87,7 @@ def bench(
 
 
 def _suite(store: Store, path: Path | None) -> Suite:
-    from engine.run_cmd import has_tokenizer, load_tokenizer
+    from engine.cli.run import has_tokenizer, load_tokenizer
 
     vocab = int(text_config(store.config).get("vocab_size", 0))
     tok = load_tokenizer(store) if has_tokenizer(store) else None
@@ -162,7 +162,7 @@ def _resident_row(src: Path | None, suite: Suite) -> dict[str, Any]:
 
 
 def _naive_row(store: Store, src: Path | None, suite: Suite) -> dict[str, Any]:
-    from engine.naive import NaiveStreaming
+    from engine.measure.naive import NaiveStreaming
 
     name = "naive streaming"
     if src is None or not src.is_dir():
@@ -248,7 +248,7 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 def _roofline(store: Store, config: EngineConfig, cfg_row: dict[str, Any]) -> dict[str, Any]:
     """Raw cold random reads at the config's read size and parallelism vs what the config got."""
-    from engine.diskbench import make_test_file, measure_read_bandwidth
+    from engine.measure.diskbench import make_test_file, measure_read_bandwidth
 
     chunk = min(config.read_chunk_bytes, store.expert_span)
     threads = config.io_threads

@@ -1,4 +1,4 @@
-"""Planted routing structure for synthetic checkpoints (measured by `engine.synth_measure`).
+"""Planted routing structure for synthetic checkpoints (measured by `engine.synth.measure`).
 
 The residual stream of a synthetic model is dominated by the token embedding (layers add small
 `drift`-scaled perturbations), so a router sees roughly its token's embedding:
@@ -28,8 +28,8 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.families import family_for
 
-# The measuring half lives in engine.synth_measure; these names stay importable from here.
-from engine.synth_measure import (  # noqa: F401
+# The measuring half lives in engine.synth.measure; these names stay importable from here.
+from engine.synth.measure import (  # noqa: F401
     RouteRecord,
     load_suite,
     lru_hit_rate,

@@ -21,12 +21,12 @@ import numpy as np
 from engine._version import __version__
 from engine.config import EngineConfig
 from engine.errors import MemoryBudgetError
+from engine.measure.reference import Reference, compare
+from engine.measure.trace import Trace, Tracer
 from engine.pagecache import evict_all
-from engine.reference import Reference, compare
 from engine.runtime import Engine, peak_rss, reset_peak_rss
 from engine.store import Store
 from engine.suite import Suite
-from engine.trace import Trace, Tracer
 
 BUDGET_SLACK = 1.02  # a sampled peak this far over memory_budget_bytes is a breach, not a figure
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.cache import ExpertCache
 from engine.config import EngineConfig
-from engine.trace import DECODE, Trace
+from engine.measure.trace import DECODE, Trace
 
 
 @dataclass

@@ -37,10 +37,10 @@ import optuna  # noqa: E402
 from engine.cli.bench import _config_row, _naive_row, _suite  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.measure.diskbench import measure_read_bandwidth  # noqa: E402
-from engine.measure.machine import available_ram_bytes  # noqa: E402
 from engine.measure.probe import measure_once  # noqa: E402
 from engine.measure.simulate import Rates, simulate  # noqa: E402
 from engine.measure.trace import Trace  # noqa: E402
+from engine.procstats import available_ram_bytes  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
 from engine.store import Store  # noqa: E402
 from engine.suite import Suite  # noqa: E402

@@ -31,7 +31,6 @@ from engine.families import family_for
 # The measuring half lives in engine.synth.measure; these names stay importable from here.
 from engine.synth.measure import (  # noqa: F401
     RouteRecord,
-    load_suite,
     lru_hit_rate,
     record_routing,
     reuse_fraction,

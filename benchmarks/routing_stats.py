@@ -30,7 +30,7 @@ from engine.synth.hf import PRESETS, SYNTH_FAMILIES, make_config, synthesize
 from engine.synth.presets import REAL_PRESETS
 from engine.synth.routing import RoutingPlan, record_routing, routing_stats
 
-# (low, high) with the default knobs at 25% of experts cached; see DESIGN.md "Synthetic models".
+# (low, high) with the default knobs at 25% of experts cached (docs/architecture.md).
 TARGETS = {
     "hit_rate": (0.55, 0.80),
     "reuse_vs_chance": (1.5, 2.5),

@@ -106,9 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     """Measure one config on a fixed probe suite: speed, latency, I/O, memory and quality.
 
-    Prints every metric of DESIGN.md (one JSON object with --json). Cold runs evict the store
-    from the OS page cache first; warm runs do one unmeasured pass first. Quality (kl_mean,
-    top1_agreement) is teacher-forced against a cached full-precision reference run.
+    Prints every metric (docs/architecture.md; one JSON object with --json). Cold runs evict
+    the store from the OS page cache first; warm runs do one unmeasured pass first. Quality
+    (kl_mean, top1_agreement) is teacher-forced against a cached full-precision reference run.
     """
     from engine.cli.probe import probe_command
 

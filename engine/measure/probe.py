@@ -1,4 +1,4 @@
-"""One honest measurement of a config on a probe suite: the metrics JSON of DESIGN.md.
+"""One honest measurement of a config on a probe suite: the metrics JSON (docs/architecture.md).
 
 Each repeat opens a fresh Engine (empty engine cache); cold repeats first evict the store from
 the OS page cache, warm ones follow an unmeasured pass. How ttft_s, decode_tok_s, the latencies

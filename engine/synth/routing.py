@@ -40,7 +40,7 @@ from engine.synth.measure import (  # noqa: F401
 
 @dataclass(frozen=True)
 class RoutingKnobs:
-    """Tunable routing structure; defaults land on the DESIGN.md targets."""
+    """Tunable routing structure; defaults land on the targets in docs/architecture.md."""
 
     # Weight of the per-expert log-Zipf popularity in the router logits (0 = no skew).
     skew: float = 0.8

@@ -48,9 +48,6 @@ QUANT_BITS = (4, 8)
 _KNOB_FIELDS = set(RoutingKnobs.__dataclass_fields__)
 
 
-SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
-
-
 def _check_preset(name: str) -> Preset | RealPreset:
     if name in PRESETS:
         return PRESETS[name]

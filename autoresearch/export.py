@@ -307,7 +307,7 @@ def run_line(f: Figures, config_path: Path) -> str:
     store = str(f.trial.user_attrs.get("store") or "STORE")
     prompt = "--prompt-ids 1,2,3"
     try:
-        from engine.run_cmd import has_tokenizer
+        from engine.cli.run import has_tokenizer
 
         if has_tokenizer(Store.open(Path(store))):
             prompt = "--prompt 'Hello'"

@@ -1,6 +1,7 @@
 """Several workers, possibly several machines, on one study: who measured what, and where.
 
-- Every trial carries `machine_fingerprint` (engine.machine's id of stable hardware/OS fields).
+- Every trial carries `machine_fingerprint` (engine.measure.machine's id of stable hardware/OS
+  fields).
 - `machines = "one"` (default): a worker on another machine is refused, since its timings are
   not comparable. `machines = "fleet"`: any machine may join; every machine measures its own
   baseline, and fronts/exports are computed per machine (`on_machine`), never mixing timings.
@@ -33,7 +34,7 @@ MACHINE_KEY = "machine_fingerprint"  # trial and study user attr
 def this_machine(disk: Path | None = None) -> str:
     """This machine's fingerprint id, with the disk that holds `disk` (the cache dir: where the
     stores are read from). No disk measurement: it must be instant and stable."""
-    from engine.machine import fingerprint
+    from engine.measure.machine import fingerprint
 
     if disk is not None:
         while not disk.exists() and disk != disk.parent:

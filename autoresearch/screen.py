@@ -19,8 +19,8 @@ from typing import Any
 from autoresearch.errors import AutoresearchError
 from autoresearch.trial import parse_metrics
 from engine.config import EngineConfig
-from engine.simulate import Rates, simulate
-from engine.trace import Trace
+from engine.measure.simulate import Rates, simulate
+from engine.measure.trace import Trace
 
 # Knobs the trace stays valid for: they change where bytes come from, never which experts.
 SCREENABLE = {

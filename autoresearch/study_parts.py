@@ -15,7 +15,7 @@ from typing import Any
 from autoresearch.errors import StudyFileError
 from autoresearch.sampler import SAMPLERS  # noqa: F401  (re-exported: tpe|gp|random|nsga2|auto)
 from autoresearch.space import Space
-from engine.synth_generic import SYNTH_FAMILIES  # every family engine synth builds
+from engine.synth.tiny import SYNTH_FAMILIES  # every family engine synth builds
 
 # Numeric fields of the probe's metrics JSON: what objectives and constraints may name.
 METRICS = (
@@ -52,7 +52,7 @@ KEYS = {
     "probe": {"suite", "probe_command"},
     "fidelity": {"screen", "keep", "probe_prompts", "probe_decode_tokens"},
 }  # fmt: skip
-SYNTH_PRESETS = (  # = engine.synth_presets.ALL_PRESETS, kept here so loading a study skips mlx
+SYNTH_PRESETS = (  # = engine.synth.presets.ALL_PRESETS, kept here so loading a study skips mlx
     "tiny", "small", "bench",
     "qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "kimi-k2", "qwen3.5-397b-a17b",
 )  # fmt: skip

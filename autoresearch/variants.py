@@ -51,7 +51,7 @@ class Variants:
         assert s is not None
         out = self._root() / "models" / f"{s['family']}-{s['preset']}-s{s['seed']}"
         if not (out / "config.json").is_file():
-            from engine.synth_generic import synthesize_family as synthesize
+            from engine.synth.tiny import synthesize_family as synthesize
 
             self.note(f"synthesizing {s['preset']} {s['family']} model into {out} (once)")
             try:

@@ -4,7 +4,7 @@
 
 The engine runs with no expert cache and no prefetch, cold: direct reads bypass the page cache;
 buffered runs evict the store after every token, so every routed expert comes off the disk.
-Decode bytes per token ÷ time is compared with a raw cold read (engine.diskbench) of random
+Decode bytes per token ÷ time is compared with a raw cold read (engine.measure.diskbench) of random
 chunks the size the engine reads (min(read_chunk_bytes, expert span)) on io_threads threads:
   io_ratio  = bytes ÷ time the model waited for expert bytes (reads + decode)   [the goal]
   e2e_ratio = bytes ÷ whole decode time (compute included; < io_ratio by design)
@@ -26,7 +26,7 @@ import numpy as np
 from streaming_vs_resident import ensure_store, suite_for
 
 from engine.config import EngineConfig
-from engine.diskbench import measure_read_bandwidth
+from engine.measure.diskbench import measure_read_bandwidth
 from engine.pagecache import evict_all
 from engine.reader import ExpertReader
 from engine.runtime import Engine

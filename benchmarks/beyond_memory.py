@@ -34,23 +34,23 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 
-from engine.bench_cmd import _config_row, _naive_row, _suite  # noqa: E402
+from engine.cli.bench import _config_row, _naive_row, _suite  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from engine.diskbench import measure_read_bandwidth  # noqa: E402
-from engine.machine import available_ram_bytes  # noqa: E402
-from engine.probe import measure_once  # noqa: E402
+from engine.measure.diskbench import measure_read_bandwidth  # noqa: E402
+from engine.measure.probe import measure_once  # noqa: E402
+from engine.measure.simulate import Rates, simulate  # noqa: E402
+from engine.measure.trace import Trace  # noqa: E402
+from engine.procstats import available_ram_bytes  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
-from engine.simulate import Rates, simulate  # noqa: E402
 from engine.store import Store  # noqa: E402
 from engine.suite import Suite  # noqa: E402
-from engine.trace import Trace  # noqa: E402
 
 BENCH_DIR = ROOT / "build" / "bench"
 
 
 def ensure_model(preset: str, layers: int) -> tuple[Path, Store]:
     from engine.pack import pack
-    from engine.synth import synthesize
+    from engine.synth.hf import synthesize
 
     src = BENCH_DIR / f"{preset}-L{layers}-q4"
     if not (src / "config.json").is_file():

@@ -140,8 +140,8 @@ def resident(src: Path, prompt: list[int], tokens: int, warmup: int) -> float:
 
 
 def io_bound(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
+    from engine.measure.probe import store_files
     from engine.pagecache import evict_all
-    from engine.probe import store_files
 
     with Engine(store, EngineConfig(cache_bytes=0, compute_path="cpu")) as e:
         entry = e.entry_bytes
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag}_all_cached_over_resident: {r['decode_tok_s'] / res:.2f}")
         if args.io_bound:
             io = io_bound(store, prompts, args.tokens, args.warmup)
-            from engine.diskbench import measure_read_bandwidth
+            from engine.measure.diskbench import measure_read_bandwidth
 
             disk = measure_read_bandwidth(store.layer_file(store.moe_layers[0]),
                                           store.expert_span, 8, "direct", 256 << 20,

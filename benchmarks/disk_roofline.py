@@ -20,8 +20,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.diskbench import make_test_file, measure_read_bandwidth
 from engine.errors import ReadError
+from engine.measure.diskbench import make_test_file, measure_read_bandwidth
 
 KiB, MiB = 1 << 10, 1 << 20
 

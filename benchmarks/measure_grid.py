@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DATA / "grid_small.json")
     args = ap.parse_args()
     from engine.pack import pack
-    from engine.synth import synthesize
+    from engine.synth.hf import synthesize
 
     args.work.mkdir(parents=True, exist_ok=True)
     model = args.work / "model"

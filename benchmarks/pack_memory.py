@@ -45,7 +45,7 @@ open_checkpoint(sys.argv[1])
 SYNTH_CHILD = """
 import sys
 from pathlib import Path
-from engine.synth import synthesize
+from engine.synth.hf import synthesize
 synthesize(Path(sys.argv[1]), family=sys.argv[2], preset="bench", seed=0, force=True)
 """
 

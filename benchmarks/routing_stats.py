@@ -7,7 +7,7 @@
     python benchmarks/routing_stats.py --validate olmoe-1b-7b --layers 2   # ~1 GB, minutes
 
 Real-shape presets are gigabytes per layer, so their figures come from the routing plan alone
-(`engine.synth_calib.simulate`: the planted routers on the token embedding plus a Gaussian
+(`engine.synth.calib.simulate`: the planted routers on the token embedding plus a Gaussian
 stand-in for each layer's drift, over the first --layers MoE layers); the output says so.
 `--validate` shows how far that estimate is from the same figures measured through mlx-lm on a
 built toy model. Toy presets are synthesized into a temp dir and routed through mlx-lm.
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.synth import PRESETS, SYNTH_FAMILIES, make_config, synthesize
-from engine.synth_calib import simulate
-from engine.synth_presets import REAL_PRESETS
-from engine.synth_routing import RoutingPlan, record_routing, routing_stats
+from engine.synth.calib import simulate
+from engine.synth.hf import PRESETS, SYNTH_FAMILIES, make_config, synthesize
+from engine.synth.presets import REAL_PRESETS
+from engine.synth.routing import RoutingPlan, record_routing, routing_stats
 
-# (low, high) with the default knobs at 25% of experts cached; see DESIGN.md "Synthetic models".
+# (low, high) with the default knobs at 25% of experts cached (docs/architecture.md).
 TARGETS = {
     "hit_rate": (0.55, 0.80),
     "reuse_vs_chance": (1.5, 2.5),

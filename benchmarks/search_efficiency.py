@@ -98,8 +98,8 @@ def table_objective(doc: dict[str, Any]) -> Objective:
 
 def trace_objective(doc: dict[str, Any], noise: float) -> Objective:
     from engine.config import EngineConfig
-    from engine.simulate import Rates, simulate
-    from engine.trace import Trace
+    from engine.measure.simulate import Rates, simulate
+    from engine.measure.trace import Trace
 
     trace = Trace.load(DATA / doc["trace"])
     rates = Rates(**doc["rates"])

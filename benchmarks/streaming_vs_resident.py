@@ -33,7 +33,7 @@ def ensure_store(
 ) -> tuple[Path, Store]:
     """(source checkpoint, packed store) for a synthetic preset, built once and reused."""
     from engine.pack import pack
-    from engine.synth import synthesize
+    from engine.synth.hf import synthesize
 
     src = root / f"{preset}-{family}"
     if not (src / "config.json").is_file():

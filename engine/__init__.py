@@ -23,10 +23,10 @@ from engine.errors import (
 _LAZY = {
     "Engine": "engine.runtime",
     "Store": "engine.store",
-    "Trace": "engine.trace",
-    "get_reference": "engine.reference",
+    "Trace": "engine.measure.trace",
+    "get_reference": "engine.measure.reference",
     "load_suite": "engine.suite",
-    "synthesize": "engine.synth",
+    "synthesize": "engine.synth.hf",
 }
 
 

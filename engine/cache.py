@@ -2,18 +2,17 @@
 
 Keys are `(layer, expert)`; values are opaque (dicts of MLX arrays) with a byte size given at
 `put`. INVARIANT: `used_bytes <= capacity_bytes` at every moment, so `cache_bytes` is a true
-bound. Two kinds of entries are never evicted: *pinned* ones (policy "pinned": the hottest keys
-of a routing profile that fit in `pinned_fraction * capacity`) and *protected* ones (experts the
-current layer still needs; a concurrent prefetch `put` must not evict them). A `put` that could
-only fit by evicting those returns False and changes nothing.
+bound. *Pinned* entries (policy "pinned": the hottest keys of a routing profile that fit in
+`pinned_fraction * capacity`) are never evicted; a `put` that could only fit by evicting them
+returns False and changes nothing. Prefetched reads wait in the prefetcher's staging area, never
+here, so nothing else needs protecting from eviction.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 POLICIES = ("lru", "lfu", "pinned")
@@ -59,11 +58,9 @@ class ExpertCache:
         # lowest bucket.
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._buckets: dict[int, OrderedDict[Key, None]] = {}
-        self._protect: dict[Key, int] = {}
         self._used = 0
-        self._locked = 0  # resident bytes that may not be evicted (pinned or protected)
+        self._locked = 0  # resident bytes that may not be evicted (pinned)
         self._lock = threading.RLock()
-        self.hits = self.misses = self.evictions = self.insertions = self.rejections = 0
         # Told about every value that leaves the cache (the arena frees its slot).
         self._on_evict = on_evict
         if entry_bytes is not None:
@@ -72,20 +69,13 @@ class ExpertCache:
     # ---- reading -----------------------------------------------------------------------------
 
     def get(self, key: Key) -> Any | None:
-        """The value, or None (counted as a hit or a miss; a hit refreshes recency/frequency)."""
+        """The value, or None (a hit refreshes recency/frequency; the provider counts hits)."""
         with self._lock:
             e = self._entries.get(key)
             if e is None:
-                self.misses += 1
                 return None
-            self.hits += 1
             self._touch(key, e)
             return e.value
-
-    def peek(self, key: Key) -> Any | None:
-        """The value or None, without counting or refreshing anything."""
-        e = self._entries.get(key)
-        return None if e is None else e.value
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
@@ -101,30 +91,11 @@ class ExpertCache:
     def capacity_bytes(self) -> int:
         return self._capacity
 
-    def pinned_keys(self) -> frozenset[Key]:
-        """The hot set that "pinned" never evicts (empty until the entry size is known)."""
-        return self._pinned
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            lookups = self.hits + self.misses
-            return {
-                "hits": self.hits,
-                "misses": self.misses,
-                "evictions": self.evictions,
-                "insertions": self.insertions,
-                "rejections": self.rejections,
-                "hit_rate": self.hits / lookups if lookups else 0.0,
-                "entries": len(self._entries),
-                "used_bytes": self._used,
-                "capacity_bytes": self._capacity,
-            }
-
     # ---- writing -----------------------------------------------------------------------------
 
     def put(self, key: Key, value: Any, nbytes: int) -> bool:
         """Insert or replace; evicts by policy to make room. False = it cannot fit (capacity 0,
-        bigger than the cache, or only pinned/protected entries left to evict)."""
+        bigger than the cache, or only pinned entries left to evict)."""
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         with self._lock:
@@ -142,7 +113,6 @@ class ExpertCache:
             # Room we could make: everything but locked entries (this key's old copy goes too).
             free = self._capacity - self._locked + (old_bytes if locked else 0)
             if nbytes > free or self._capacity == 0:
-                self.rejections += 1
                 return False
             freq = 1
             if old is not None:
@@ -158,24 +128,7 @@ class ExpertCache:
             self._used += nbytes
             if locked:
                 self._locked += nbytes
-            self.insertions += 1
             return True
-
-    def discard(self, key: Key) -> None:
-        with self._lock:
-            e = self._entries.get(key)
-            if e is not None:
-                self._remove(key, e)
-
-    def clear(self) -> None:
-        """Drop every entry, pinned and protected ones too (e.g. between runs)."""
-        with self._lock:
-            if self._on_evict is not None:
-                for k, e in self._entries.items():
-                    self._on_evict(k, e.value)
-            self._entries.clear()
-            self._buckets.clear()
-            self._used = self._locked = 0
 
     def set_capacity(self, capacity_bytes: int) -> bool:
         """Shrink or grow (memory-budget enforcement). If locked entries exceed the new size,
@@ -189,41 +142,6 @@ class ExpertCache:
             self._capacity = target
             return target == capacity_bytes
 
-    # ---- protection --------------------------------------------------------------------------
-
-    def protect(self, keys: Iterable[Key]) -> None:
-        """Keep `keys` resident (and unevictable) until `unprotect`; counts nest."""
-        with self._lock:
-            for k in keys:
-                n = self._protect.get(k, 0)
-                if n == 0 and k not in self._pinned:
-                    e = self._entries.get(k)
-                    if e is not None:
-                        self._locked += e.nbytes
-                self._protect[k] = n + 1
-
-    def unprotect(self, keys: Iterable[Key]) -> None:
-        with self._lock:
-            for k in keys:
-                n = self._protect.get(k, 0)
-                if n <= 1:
-                    self._protect.pop(k, None)
-                    if n == 1 and k not in self._pinned:
-                        e = self._entries.get(k)
-                        if e is not None:
-                            self._locked -= e.nbytes
-                else:
-                    self._protect[k] = n - 1
-
-    @contextmanager
-    def protecting(self, keys: Iterable[Key]) -> Iterator[None]:
-        keys = list(keys)
-        self.protect(keys)
-        try:
-            yield
-        finally:
-            self.unprotect(keys)
-
     # ---- internals (caller holds the lock) ---------------------------------------------------
 
     def _set_pinned(self, entry_bytes: int) -> None:
@@ -234,11 +152,11 @@ class ExpertCache:
         self._pinned = frozenset(self._hot[:n])
         for k in self._pinned:  # already-resident hot keys become locked now
             e = self._entries.get(k)
-            if e is not None and k not in self._protect:
+            if e is not None:
                 self._locked += e.nbytes
 
     def _is_locked(self, key: Key) -> bool:
-        return key in self._pinned or key in self._protect
+        return key in self._pinned
 
     def _touch(self, key: Key, e: _Entry, count: bool = True) -> None:
         self._entries.move_to_end(key)
@@ -282,4 +200,3 @@ class ExpertCache:
     def _evict_one(self) -> None:
         k = self._victim()
         self._remove(k, self._entries[k])
-        self.evictions += 1

@@ -35,7 +35,7 @@ GiB = 1 << 30
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Knobs of one engine run. Field names are fixed by DESIGN.md; each says why it exists."""
+    """Knobs of one engine run. Field names are fixed (docs/architecture.md); each says why."""
 
     # Expert cache budget in bytes; 0 = no engine cache (rely on the OS page cache or nothing).
     cache_bytes: int = 2 * GiB

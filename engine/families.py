@@ -6,7 +6,7 @@ their projections, biases and activation are read off the module itself, and top
 scores are found on the owning MoE block by the names mlx-lm uses. Checkpoint keys need no table
 either: an mlx-community checkpoint's are the model's own parameter names, an HF checkpoint's are
 mapped by mlx-lm's own sanitize (`engine.hf_experts`). `FAMILIES` keeps the HF per-expert names
-of the five families `engine.synth` writes in HF layout (it needs them to write them).
+of the five families `engine.synth.hf` writes in HF layout (it needs them to write them).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def router_scores(block: nn.Module, x: mx.array) -> mx.array:
 class Family:
     model_type: str
     # mlx-lm projection name -> HF per-expert projection name, in on-disk order; empty for a
-    # family engine.synth does not write (its HF names come from mlx-lm's sanitize).
+    # family engine.synth.hf does not write (its HF names come from mlx-lm's sanitize).
     projections: tuple[tuple[str, str], ...] = ()
     # config.json key holding the number of routed experts (synth writes it; "" if unknown).
     num_experts_key: str = ""
@@ -146,7 +146,7 @@ class Family:
 
 _GLU = tuple(zip(GLU_PROJECTIONS, GLU_PROJECTIONS, strict=True))
 
-# The families engine.synth writes in HF layout (`experts.<e>.<proj>.weight`).
+# The families engine.synth.hf writes in HF layout (`experts.<e>.<proj>.weight`).
 FAMILIES: dict[str, Family] = {
     "qwen3_moe": Family("qwen3_moe", _GLU, "num_experts"),
     "qwen2_moe": Family("qwen2_moe", _GLU, "num_experts"),
@@ -182,7 +182,7 @@ def family_for(config: dict[str, Any], *, source: str = "config.json") -> Family
     fam = FAMILIES.get(model_type)
     if fam is not None:
         return fam
-    from engine.families_list import stacked_expert_types
+    from engine.cli.families import stacked_expert_types
 
     if module_name(str(model_type)) not in stacked_expert_types():
         raise UnsupportedModel(

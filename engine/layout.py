@@ -7,90 +7,33 @@ together are then laid out next to each other so the engine can coalesce their r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
-from engine.families import get_experts, moe_blocks, set_experts, text_config
-from engine.tomlfile import read_toml
+from engine.families import text_config
+from engine.routes import record_routes
+from engine.suite import load_suite
+from engine.tokenizer import LazyTokenizer, has_tokenizer
 
 # Fallback calibration when the source has no probe suite: a few seeded random prompts.
 RANDOM_PROMPTS = 8
 RANDOM_PROMPT_LEN = 64
 
 
-class _Recorder(nn.Module):
-    """Stands in for a block's stacked experts: records the routed expert ids, then runs it."""
-
-    def __init__(self, inner: nn.Module, sink: Callable[[np.ndarray], None]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.sink = sink  # a callable, so mlx.nn keeps it as a plain attribute
-
-    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
-        # indices: (..., top_k) expert ids per token
-        self.sink(np.array(indices).reshape(-1, indices.shape[-1]))
-        return self.inner(x, indices)
-
-
 def calibration_prompts(ckpt: Checkpoint, seed: int = 0) -> list[list[int]]:
-    """The source's probe-suite prompts (token ids, or text when a tokenizer loads), else
-    seeded random ids."""
-    suite = ckpt.root / "probe_suite.toml"
-    prompts: list[list[int]] = []
-    if suite.is_file():
-        prompts = _suite_prompts(suite, ckpt.root)
-    if prompts:
-        return prompts
-    rng = np.random.default_rng(seed)
+    """The source's probe-suite prompts (engine.suite's format; text needs the source's
+    tokenizer), else seeded random ids."""
     vocab = int(text_config(ckpt.config)["vocab_size"])
+    path = ckpt.root / "probe_suite.toml"
+    if path.is_file():
+        fix = "fix or remove the checkpoint's tokenizer files, or give the suite's prompts as ids"
+        tok = LazyTokenizer(ckpt.root, CheckpointError, fix) if has_tokenizer(ckpt.root) else None
+        suite = load_suite(path, vocab_size=vocab, tokenizer=tok)
+        return [list(p.ids) for p in suite.prompts]
+    rng = np.random.default_rng(seed)
     return [rng.integers(0, vocab, size=RANDOM_PROMPT_LEN).tolist() for _ in range(RANDOM_PROMPTS)]
-
-
-def _suite_prompts(path: Path, model_dir: Path) -> list[list[int]]:
-    doc = read_toml(path, "probe suite", CheckpointError)
-    entries: list[Any] = doc.get("prompts") or doc.get("prompt") or []
-    if not isinstance(entries, list):
-        raise CheckpointError(f"{path}: `prompts` must be an array of tables ([[prompts]])")
-    out: list[list[int]] = []
-    texts: list[str] = []
-    for entry in entries:
-        ids = None
-        if isinstance(entry, dict):
-            for key in ("ids", "token_ids", "tokens", "prompt_ids"):
-                if isinstance(entry.get(key), list):
-                    ids = entry[key]
-                    break
-            if ids is None and isinstance(entry.get("text"), str):
-                texts.append(entry["text"])
-        elif isinstance(entry, list):
-            ids = entry
-        elif isinstance(entry, str):
-            texts.append(entry)
-        if ids:
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise CheckpointError(f"{path}: prompt ids must be integers")
-            out.append(list(ids))
-    if texts:
-        out.extend(_tokenize(texts, model_dir))
-    return out
-
-
-def _tokenize(texts: list[str], model_dir: Path) -> list[list[int]]:
-    """Text prompts need the source's tokenizer; without one they are skipped, not fatal."""
-    try:
-        from mlx_lm.utils import load_tokenizer
-
-        tok = load_tokenizer(model_dir)
-    except Exception:
-        return []
-    return [list(tok.encode(t)) for t in texts]
 
 
 def calibrate(
@@ -112,10 +55,7 @@ def calibrate(
         ) from None
     # MLX's CPU gather_mm only runs in float32; routing decisions barely depend on precision.
     model.set_dtype(mx.float32)
-    routed: dict[int, list[np.ndarray]] = {}
-    for layer, _path, block in moe_blocks(model):
-        routed[layer] = []
-        set_experts(block, _Recorder(get_experts(block), routed[layer].append))
+    routed = record_routes(model)
     vocab = int(text_config(ckpt.config)["vocab_size"])
     for ids in prompts:
         if not ids:
@@ -128,10 +68,10 @@ def calibrate(
     e = ckpt.num_experts
     counts: dict[int, np.ndarray] = {}
     coact: dict[int, np.ndarray] = {}
-    for layer, batches in routed.items():
+    for layer, calls in routed.items():
         onehot = np.zeros((0, e), dtype=np.int64)
-        if batches:
-            idx = np.concatenate(batches)  # (tokens, top_k)
+        if calls:
+            idx = np.concatenate([ids for _x, ids in calls])  # (tokens, top_k)
             onehot = np.zeros((idx.shape[0], e), dtype=np.int64)
             np.put_along_axis(onehot, idx.astype(np.int64), 1, axis=1)
         counts[layer] = onehot.sum(axis=0)

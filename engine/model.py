@@ -8,6 +8,7 @@ StreamingSwitchGLU carrying the module's own activation before the weights are l
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from engine.families import (
     set_experts,
 )
 from engine.pagecache import evict
+from engine.procstats import available_ram_bytes
 from engine.store import Store
 from engine.streaming import StreamingSwitchGLU
 
@@ -140,6 +142,34 @@ def load_reference(model_dir: Path, dtype: mx.Dtype | None = mx.float32) -> nn.M
     if dtype is not None:
         model.set_dtype(dtype)
     return model
+
+
+# The in-memory model may take half of the RAM available: the rest is this process, the page
+# cache its loading fills, and whatever else the machine runs.
+RAM_SHARE = 0.5
+
+
+def in_memory_bytes(model_dir: Path) -> int:
+    """RAM load_reference's float32 model of a checkpoint takes (pack's calibration loads the
+    same): 16-bit weights double, quantized (mlx-community) ones stay as stored."""
+    model_dir = Path(model_dir)
+    size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    quantized = "quantization" in config or "quantization_config" in config
+    return size if quantized else 2 * size
+
+
+def fits_in_memory(model_dir: Path) -> str | None:
+    """None when load_reference(model_dir) fits in RAM_SHARE of the RAM available now, else
+    why not (one line, in GB)."""
+    need = in_memory_bytes(model_dir)
+    avail = available_ram_bytes() or 0
+    if need <= RAM_SHARE * avail:
+        return None
+    return f"in memory it needs {need / 1e9:.1f} GB, {avail / 1e9:.1f} GB available"
 
 
 def compute_dtype(name: str) -> mx.Dtype | None:

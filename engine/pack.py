@@ -26,6 +26,7 @@ from engine.checkpoint import Checkpoint, ExpertPart, open_checkpoint
 from engine.config import ALIGN, LAYOUTS, QUANT_BITS, QUANT_GROUP_SIZES
 from engine.errors import CheckpointError, ConfigError, EngineError, StoreError, StoreExists
 from engine.manifest import new_hasher
+from engine.model import fits_in_memory
 from engine.store import FORMAT, FORMAT_VERSION, MANIFEST, Store, np_dtype
 from engine.tmpdirs import make_tmp
 
@@ -52,14 +53,6 @@ def _write(f: BinaryIO, data: bytes | memoryview) -> None:
 
 def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
-
-
-def _fits_in_ram(ckpt: Checkpoint) -> bool:
-    from engine.machine import available_ram_bytes
-
-    size = sum(f.stat().st_size for f in ckpt.root.glob("*.safetensors"))
-    avail = available_ram_bytes() or 0
-    return 2 * size < avail / 2  # calibration casts to float32: about twice the bf16 bytes
 
 
 def pack(
@@ -103,7 +96,8 @@ def pack(
         orders = {b.layer: list(range(ckpt.num_experts)) for b in ckpt.blocks}
         # The routing profile feeds the `pinned` cache policy; calibrating runs the model in
         # memory, so a source too big for RAM gets no profile unless its layout needs one.
-        if layout == "coactivation" or calibration_prompts is not None or _fits_in_ram(ckpt):
+        calibrated = layout == "coactivation" or calibration_prompts is not None
+        if calibrated or fits_in_memory(ckpt.root) is None:
             prompts = calibration_prompts or layout_mod.calibration_prompts(ckpt)
             counts, coact = layout_mod.calibrate(ckpt, prompts)
             if layout == "coactivation":

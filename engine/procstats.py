@@ -1,7 +1,9 @@
-"""This process's memory and I/O figures from /proc (Linux), for budgets and probes."""
+"""This process's and this machine's memory and I/O figures from /proc (Linux), for budgets,
+probes and "does it fit in RAM" checks."""
 
 from __future__ import annotations
 
+import os
 import resource
 
 
@@ -43,3 +45,31 @@ def disk_read_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def _meminfo_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def ram_bytes() -> int | None:
+    """Installed RAM (MemTotal), or what sysconf says off Linux; None when neither says."""
+    total = _meminfo_bytes("MemTotal")
+    if total is not None:
+        return total
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def available_ram_bytes() -> int | None:
+    """RAM a new allocation could get now (MemAvailable), for "does the model fit" checks."""
+    avail = _meminfo_bytes("MemAvailable")
+    return avail if avail is not None else ram_bytes()

@@ -44,6 +44,7 @@ class ExpertProvider:
         cache: ExpertCache,
         prefetcher: Prefetcher | None,
         compute_dtype: mx.Dtype | None,
+        entry_bytes: int,
         arena: ExpertArena | None = None,
     ) -> None:
         self.store = store
@@ -55,9 +56,9 @@ class ExpertProvider:
         self.prefetcher = prefetcher
         self.compute_dtype = compute_dtype
         self.stats = FetchStats()
-        self.tracer: Any = None  # engine.trace.Tracer while a probe records a routing trace
-        # What one decoded expert costs in the cache: the arrays we keep, not the disk span.
-        self._entry_bytes: int | None = None
+        self.tracer: Any = None  # engine.measure.trace.Tracer while a probe records a routing trace
+        # What one cached expert costs: the Engine's figure, which its memory budget uses too.
+        self.entry_bytes = entry_bytes
 
     def _lookup(
         self,
@@ -140,7 +141,7 @@ class ExpertProvider:
             raw = fut.result()
             st.read_wait_s += time.perf_counter() - tw
             w = self._prepare(self.store.decode(raw, where=f"layer {layer} expert {e}"))
-            self.cache.put((layer, e), w, self.entry_bytes(w))
+            self.cache.put((layer, e), w, self.entry_bytes)
             out[i] = w
         st.stall_s += time.perf_counter() - t0
         return out
@@ -148,11 +149,6 @@ class ExpertProvider:
     def _prepare(self, w: Weights) -> Weights:
         """Once on load, so cached experts are ready to compute with."""
         return prepare_weights(w, self.compute_dtype)
-
-    def entry_bytes(self, w: Weights) -> int:
-        if self._entry_bytes is None:
-            self._entry_bytes = int(sum(v.nbytes for v in w.values()))
-        return self._entry_bytes
 
     def close(self) -> None:
         if self.prefetcher is not None:

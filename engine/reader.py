@@ -3,7 +3,7 @@
 `ExpertReader` reads one expert (`layer`, `expert`) of a packed store as a uint8 array of exactly
 `nbytes`, blocking (`read`) or in the background (`submit`, used by prefetch). It needs only a
 source with `layer_file(layer) -> Path` and `expert(layer, expert) -> ExpertLoc`: an opened
-`engine.store.Store`, or `FileSource(files, locate)` for anything else (tests, benchmarks).
+`engine.store.Store` (anything with its layer_file and expert methods).
 
 An expert larger than `read_chunk_bytes` is split into chunks read in parallel on `io_threads`
 workers. `submit` never parks a worker waiting on other workers (chunks complete a shared
@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,9 @@ from engine.manifest import checksum
 from engine.pagecache import PageCacheBudget
 from engine.prio_pool import PriorityPool
 from engine.rawio import ALIGN, aligned_empty, pread_full
-from engine.readplan import ExpertSource, FileSource, Request, manifest_file_size
+from engine.readplan import ExpertSource, Request, manifest_file_size
 
-__all__ = ["IO_MODES", "ExpertReader", "ExpertSource", "FileSource"]
+__all__ = ["IO_MODES", "ExpertReader", "ExpertSource"]
 
 IO_MODES = ("direct", "buffered", "mmap")
 _F_NOCACHE = 48  # macOS fcntl: the closest thing to O_DIRECT there
@@ -45,8 +44,7 @@ class ExpertReader:
     """Reads experts of `store` with the given io_mode, chunk size and thread count.
 
     Counters (thread-safe, read any time): `reads`, `bytes_read` (bytes fetched from the files;
-    direct mode fetches the aligned span), `read_seconds` (wall time callers spent blocked in
-    `read`: the I/O stall of synchronous reads), `submit_seconds` (submit-to-done wall time of
+    direct mode fetches the aligned span), `submit_seconds` (submit-to-done wall time of
     background reads; overlapped with compute, so not a stall by itself).
     """
 
@@ -82,58 +80,12 @@ class ExpertReader:
         self._paths: dict[int, Path] = {}
         self._open_lock = threading.Lock()
         self._stat_lock = threading.Lock()
-        self._idle = threading.Condition(self._stat_lock)
-        self._inline = 0  # reads running in callers' threads; close() waits for them
         self._closed = False
         self.reads = 0
         self.bytes_read = 0
-        self.read_seconds = 0.0
         self.submit_seconds = 0.0
 
     # ---- public API --------------------------------------------------------------------------
-
-    def read(self, layer: int, expert: int) -> np.ndarray:
-        """The expert's bytes (uint8, exactly nbytes), blocking. Raises ReadError."""
-        t0 = time.perf_counter()
-        with self._stat_lock:
-            if self._closed:
-                raise ReadError(f"reader is closed; cannot read layer {layer} expert {expert}")
-            self._inline += 1
-        try:
-            req = self._plan(layer, expert)
-            if len(req.chunks) == 1:
-                self._read_chunk(req, 0)
-            else:
-                # Chunk 0 in this thread, the rest on the pool: one fewer hand-off per read.
-                try:
-                    futs = [
-                        self._pool.submit(self._read_chunk, req, i)
-                        for i in range(1, len(req.chunks))
-                    ]
-                except RuntimeError:  # close() shut the pool after our check above
-                    raise ReadError(
-                        f"reader closed while reading layer {layer} expert {expert}"
-                    ) from None
-                err: BaseException | None = None
-                try:
-                    self._read_chunk(req, 0)
-                except BaseException as e:
-                    err = e
-                wait_futures(futs)
-                for f in futs:
-                    err = err or _failure(f, req)
-                if err is not None:
-                    raise err
-            self._finish(req)
-            self._check(req)
-            return req.buf[: req.loc.nbytes]
-        finally:
-            dt = time.perf_counter() - t0
-            with self._stat_lock:
-                self.read_seconds += dt
-                self._inline -= 1
-                if self._inline == 0:
-                    self._idle.notify_all()
 
     def submit(self, layer: int, expert: int, *, speculative: bool = False) -> Future[np.ndarray]:
         """Read in the background; `.result()` gives the bytes or raises ReadError. Never hangs:
@@ -156,20 +108,6 @@ class ExpertReader:
             _fail(fut, e)
         return fut
 
-    def stats(self) -> dict[str, Any]:
-        with self._stat_lock:
-            return {
-                "reads": self.reads,
-                "bytes_read": self.bytes_read,
-                "read_seconds": self.read_seconds,
-                "submit_seconds": self.submit_seconds,
-            }
-
-    def reset_stats(self) -> None:
-        with self._stat_lock:
-            self.reads = self.bytes_read = 0
-            self.read_seconds = self.submit_seconds = 0.0
-
     def close(self) -> None:
         """Cancel queued chunks (their futures fail with ReadError), wait for running ones and
         for reads in callers' threads, then close files. Idempotent."""
@@ -178,10 +116,6 @@ class ExpertReader:
                 return
             self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._stat_lock:
-            # A read in a caller's thread still uses our fds; closing them under it could let
-            # the number be reused by another open and read the wrong file.
-            self._idle.wait_for(lambda: self._inline == 0, timeout=60)
         with self._open_lock:
             for mm in self._maps.values():
                 # BufferError: a caller still holds a view; the mapping goes when they drop it.

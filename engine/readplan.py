@@ -1,12 +1,11 @@
-"""What one expert read needs: where experts live (`ExpertSource`, e.g. a Store or a
-`FileSource`) and the state of one read in flight (`Request`), shared by the reader's threads."""
+"""What one expert read needs: where experts live (`ExpertSource`: a Store, or anything with
+its two methods) and the state of one read in flight (`Request`), shared by the reader's
+threads."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,20 +17,6 @@ from engine.store import ExpertLoc
 class ExpertSource(Protocol):
     def layer_file(self, layer: int) -> Path: ...
     def expert(self, layer: int, expert: int) -> ExpertLoc: ...
-
-
-@dataclass(frozen=True)
-class FileSource:
-    """An ExpertSource from plain parts: layer -> file and a (layer, expert) -> ExpertLoc."""
-
-    files: dict[int, Path]
-    locate: Callable[[int, int], ExpertLoc]
-
-    def layer_file(self, layer: int) -> Path:
-        return Path(self.files[layer])
-
-    def expert(self, layer: int, expert: int) -> ExpertLoc:
-        return self.locate(layer, expert)
 
 
 class Request:

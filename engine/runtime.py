@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from engine.store import Store
 # current_rss/peak_rss/reset_peak_rss/disk_read_bytes are re-exported for callers of this module.
 __all__ = [
     "Engine", "check_variant", "current_rss", "disk_read_bytes", "peak_rss",
-    "reset_peak_rss", "resolve_compute_path", "run_summary",
+    "reset_peak_rss", "resolve_compute_path",
 ]  # fmt: skip
 
 MLX_CACHE_LIMIT = 16 << 20  # MLX's buffer cache under a memory budget
@@ -182,6 +181,7 @@ class Engine:
             self.cache,
             self.prefetcher,
             dtype,
+            self.entry_bytes,
             arena=self.arena,
         )
         for block in streaming_blocks(self.model):
@@ -367,26 +367,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run_summary(engine: Engine, gen: Generation, wall_s: float) -> dict[str, Any]:
-    """The one-line figures of `engine run`: speed, hit rate, bytes read, peak memory."""
-    c = engine.counters()
-    n = len(gen.tokens)
-    decode_s = sum(gen.token_s)
-    page = engine.page_cache_bytes()
-    return {
-        "tokens_generated": n,
-        "ttft_s": gen.ttft_s,
-        "decode_tok_s": (len(gen.token_s) / decode_s) if decode_s > 0 else 0.0,
-        "wall_s": wall_s,
-        "cache_hit_rate": c["cache_hits"] / c["expert_requests"] if c["expert_requests"] else 0.0,
-        "bytes_read": c["bytes_read"],
-        "bytes_read_per_token": c["bytes_read"] / n if n else 0.0,
-        "peak_rss_bytes": peak_rss(),
-        "page_cache_bytes": page,
-        "memory_bytes": peak_rss() + page,
-        "cache_bytes": engine.cache_bytes,
-        "io_mode": engine.config.io_mode,
-        "time": time.time(),
-    }

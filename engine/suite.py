@@ -71,7 +71,7 @@ def load_suite(path: str | Path, *, vocab_size: int, tokenizer: Any | None = Non
         raise ProbeError(f"{path}: `prompts` must be an array of tables ([[prompts]])")
     prompts: list[Prompt] = []
     has_ids = all("ids" in e for e in entries) and entries
-    if has_ids or tokenizer is not None:
+    if entries and (has_ids or tokenizer is not None):
         for i, e in enumerate(entries):
             prompts.append(_prompt(e, i, path, vocab_size, tokenizer))
     elif "generated" in doc:

@@ -36,7 +36,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str],
 
     Treat it as read-only; copy it (shutil.copytree) before changing anything.
     """
-    from engine.synth import synthesize
+    from engine.synth.hf import synthesize
 
     root = tmp_path_factory.mktemp("checkpoints")
     cache: dict[str, Path] = {}

@@ -22,7 +22,7 @@ def tiny_model_and_store(root: Path) -> tuple[Path, Path]:
     """Synthesize tiny qwen3_moe + pack it once per test session (a few seconds)."""
     if "store" not in _BUILT:
         from engine.pack import pack
-        from engine.synth import synthesize
+        from engine.synth.hf import synthesize
 
         model, store = root / "tiny-model", root / "tiny-store"
         synthesize(model, "qwen3_moe", "tiny", 0)

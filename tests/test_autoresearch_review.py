@@ -214,8 +214,8 @@ def test_failed_baseline_is_measured_again_by_the_next_run(
 
 def test_every_family_the_engine_synthesizes_is_allowed(tmp_path: Path) -> None:
     from autoresearch.study_file import SYNTH_FAMILIES
-    from engine.synth import SYNTH_FAMILIES as HF_FAMILIES
-    from engine.synth_generic import SYNTH_FAMILIES as ENGINE_FAMILIES
+    from engine.synth.hf import SYNTH_FAMILIES as HF_FAMILIES
+    from engine.synth.tiny import SYNTH_FAMILIES as ENGINE_FAMILIES
 
     assert set(SYNTH_FAMILIES) == set(ENGINE_FAMILIES) >= set(HF_FAMILIES)
     for family in ("olmoe", "qwen3_5_moe", "gpt_oss"):

@@ -14,7 +14,7 @@ import pytest
 from engine.cli import main
 from engine.config import EngineConfig
 from engine.errors import CheckpointError
-from engine.naive import NaiveStreaming
+from engine.measure.naive import NaiveStreaming
 from engine.runtime import Engine
 from engine.store import Store
 
@@ -30,7 +30,7 @@ decode_tokens = 4
 @pytest.fixture(autouse=True)
 def _no_disk_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fingerprint's disk probe is tested in test_machine; here it would only cost time."""
-    from engine import machine
+    from engine.measure import machine
 
     monkeypatch.setenv("MOE_ENGINE_CACHE_DIR", str(tmp_path / "machine-cache"))
     monkeypatch.setattr(machine, "_DISK_BW", {})

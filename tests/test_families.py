@@ -1,6 +1,6 @@
 """Every family that streams: greedy tokens and logits equal mlx-lm's own float32 model.
 
-Each family is built by `engine.synth_generic` (mlx-lm model, tiny config, planted routing,
+Each family is built by `engine.synth.tiny` (mlx-lm model, tiny config, planted routing,
 mlx-community layout), packed, and run under three knob combinations. The combinations rotate
 with the family (a Latin square over cache size x io_mode x prefetch), so every family sees each
 level of each knob and, across families, every pair of levels is covered.
@@ -20,6 +20,7 @@ import pytest
 from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
 
 from engine.checkpoint import open_checkpoint
+from engine.cli.families import render, stacked_expert_types, statuses
 from engine.config import EngineConfig
 from engine.errors import CheckpointError, UnsupportedModel
 from engine.families import (
@@ -31,7 +32,6 @@ from engine.families import (
     router_scores,
     set_top_k,
 )
-from engine.families_list import render, stacked_expert_types, statuses
 from engine.generate import Generation, generate
 from engine.hf_experts import sanitize_map
 from engine.model import load_reference
@@ -39,8 +39,8 @@ from engine.pack import pack
 from engine.runtime import Engine
 from engine.store import Store
 from engine.streaming import StreamingSwitchGLU
-from engine.synth_generic import SYNTH_FAMILIES, build_model, synthesize, synthesize_family
-from engine.synth_hf import hf_layouts
+from engine.synth.tiny import SYNTH_FAMILIES, build_model, synthesize, synthesize_family
+from engine.synth.to_hf import hf_layouts
 
 PROMPT = [5, 9, 17, 33, 65, 101, 7, 7, 12, 250, 3, 44]
 N_NEW = 5
@@ -275,7 +275,7 @@ def test_hf_checkpoint_maps_through_mlx_lm_sanitize(tmp_path: Path, family: str)
 def test_sanitize_map_agrees_with_the_key_tables(
     tiny_checkpoint: Callable[[str], Path], family: str
 ) -> None:
-    """On engine.synth's HF checkpoints, the sanitize mapping finds exactly the table's names."""
+    """On engine.synth.hf's HF checkpoints, the sanitize mapping finds exactly the table's names."""
     ckpt = open_checkpoint(tiny_checkpoint(family))
     skeleton = build_skeleton(ckpt.config)
     per = {n: ckpt.tensors[n].shape for n in ckpt.tensors if ".experts." in n}

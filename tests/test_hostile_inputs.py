@@ -22,7 +22,7 @@ from engine.pack import pack
 from engine.stheader import read_safetensors_header
 from engine.store import Store
 from engine.suite import load_suite
-from engine.synth import synthesize
+from engine.synth.hf import synthesize
 from engine.tmpdirs import clean_stale
 
 
@@ -242,12 +242,12 @@ def test_out_under_an_existing_file(ckpt: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_synth_disk_full_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    import engine.synth_write
+    import engine.synth.write
 
     def full(*a: object, **k: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine.synth_write.os, "pwrite", full)  # synth's shard writer
+    monkeypatch.setattr(engine.synth.write.os, "pwrite", full)  # synth's shard writer
     with pytest.raises(CheckpointError, match="free disk space"):
         synthesize(tmp_path / "m", family="qwen3_moe")
     assert list(tmp_path.iterdir()) == []

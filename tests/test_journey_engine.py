@@ -15,7 +15,7 @@ from autoresearch.trial import parse_metrics
 from engine import pagecache
 from engine.cli import main
 from engine.config import EngineConfig
-from engine.probe import probe, store_files
+from engine.measure.probe import probe, store_files
 from engine.store import Store
 from engine.suite import load_suite
 

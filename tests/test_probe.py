@@ -13,12 +13,12 @@ from engine import pagecache
 from engine.cli import main
 from engine.config import EngineConfig
 from engine.errors import ProbeError
-from engine.probe import METRICS, probe
-from engine.reference import get_reference
-from engine.simulate import Rates, simulate
+from engine.measure.probe import METRICS, probe
+from engine.measure.reference import get_reference
+from engine.measure.simulate import Rates, simulate
+from engine.measure.trace import Trace
 from engine.store import Store
 from engine.suite import Suite, default_suite_path, load_suite
-from engine.trace import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from engine.checkpoint import open_checkpoint
+from engine.cli.run import load_tokenizer
 from engine.config import EngineConfig
 from engine.errors import EngineError
 from engine.manifest import checksum
-from engine.run_cmd import load_tokenizer
 from engine.shapes import open_for_run
 from engine.stheader import read_safetensors_header
 from engine.store import Store

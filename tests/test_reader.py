@@ -18,7 +18,7 @@ from engine import pagecache
 from engine.errors import ReadError
 from engine.manifest import checksum
 from engine.rawio import ALIGN, aligned_empty
-from engine.reader import ExpertReader, FileSource
+from engine.reader import ExpertReader
 from engine.store import ExpertLoc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,14 +71,13 @@ def store(disk_dir: Path) -> FakeStore:
 
 def _reader(store: FakeStore, mode: str, **kw: int) -> ExpertReader:
     try:
-        r = ExpertReader(store, mode, **kw)
-        r.read(0, 0)
+        with ExpertReader(store, mode, **kw) as r:
+            r.submit(0, 0).result()
     except ReadError as e:
         if mode == "direct" and "O_DIRECT" in str(e):
             pytest.skip(f"no O_DIRECT here: {e}")
         raise
-    r.reset_stats()
-    return r
+    return ExpertReader(store, mode, **kw)  # fresh counters
 
 
 @pytest.mark.parametrize("mode", ["direct", "buffered", "mmap"])
@@ -86,14 +85,13 @@ def _reader(store: FakeStore, mode: str, **kw: int) -> ExpertReader:
 def test_exact_bytes_every_mode(store: FakeStore, mode: str, chunk: int) -> None:
     with _reader(store, mode, read_chunk_bytes=chunk, io_threads=3) as r:
         for (layer, e), blob in store.data.items():
-            got = r.read(layer, e)
+            got = r.submit(layer, e).result()
             assert got.dtype == np.uint8 and got.shape == (len(blob),)
             assert got.tobytes() == blob
         assert r.reads == len(store.data)
         span = store.expert(0, 0).span
         per = span if mode == "direct" else NBYTES
         assert r.bytes_read == per * len(store.data)
-        assert r.read_seconds > 0
 
 
 @pytest.mark.parametrize("mode", ["direct", "buffered", "mmap"])
@@ -113,7 +111,7 @@ def test_reads_from_many_threads(store: FakeStore) -> None:
 
         def one(key: tuple[int, int]) -> bool:
             f = r.submit(*key)
-            ok = r.read(*key).tobytes() == store.data[key]
+            ok = r.submit(*key).result().tobytes() == store.data[key]
             return ok and f.result(timeout=10).tobytes() == store.data[key]
 
         with ThreadPoolExecutor(4) as ex:
@@ -121,10 +119,9 @@ def test_reads_from_many_threads(store: FakeStore) -> None:
         assert r.reads == 2 * len(keys)
 
 
-def test_file_source_and_aligned_buffer(store: FakeStore) -> None:
-    src = FileSource(store.files, store.expert)
-    with ExpertReader(src, "buffered") as r:
-        assert r.read(1, 2).tobytes() == store.data[(1, 2)]
+def test_any_expert_source_and_aligned_buffer(store: FakeStore) -> None:
+    with ExpertReader(store, "buffered") as r:
+        assert r.submit(1, 2).result().tobytes() == store.data[(1, 2)]
     for n in (1, 4096, 5000):
         assert aligned_empty(n).ctypes.data % ALIGN == 0
 
@@ -141,14 +138,14 @@ def test_truncated_file_raises_in_caller(store: FakeStore, mode: str, chunk: int
     _truncate(store)
     with _reader(store, mode, read_chunk_bytes=chunk, io_threads=2) as r:
         with pytest.raises(ReadError) as ei:
-            r.read(1, 4)
+            r.submit(1, 4).result()
         msg = str(ei.value)
         assert "layer_001.bin" in msg and "layer 1 expert 4" in msg
         assert str(store.expert(1, 4).offset) in msg
         with pytest.raises(ReadError, match=r"short read|truncated"):
             r.submit(1, 3).result(timeout=10)
         # The reader stays usable after a failure.
-        assert r.read(1, 2).tobytes() == store.data[(1, 2)]
+        assert r.submit(1, 2).result().tobytes() == store.data[(1, 2)]
 
 
 def test_worker_failure_midway_fails_future(store: FakeStore, monkeypatch) -> None:
@@ -172,7 +169,7 @@ def test_worker_failure_midway_fails_future(store: FakeStore, monkeypatch) -> No
             r.submit(0, 1).result(timeout=10)
         calls["n"] = 0
         with pytest.raises(ReadError, match="injected"):
-            r.read(0, 1)
+            r.submit(0, 1).result()
 
 
 def test_close_with_pending_reads_does_not_hang(store: FakeStore, monkeypatch) -> None:
@@ -202,7 +199,7 @@ def test_close_with_pending_reads_does_not_hang(store: FakeStore, monkeypatch) -
             outcomes.append(False)
     assert not all(outcomes)  # queued reads were cancelled, not left pending
     with pytest.raises(ReadError, match="closed"):
-        r.read(0, 0)
+        r.submit(0, 0).result()
     with pytest.raises(ReadError, match="closed"):
         r.submit(0, 0).result(timeout=1)
     r.close()  # idempotent
@@ -221,7 +218,7 @@ def test_direct_on_filesystem_without_o_direct(store: FakeStore, monkeypatch) ->
     monkeypatch.setattr(os, "open", no_direct)
     with ExpertReader(store, "direct") as r:
         with pytest.raises(ReadError, match=r"O_DIRECT.*buffered"):
-            r.read(0, 0)
+            r.submit(0, 0).result()
         with pytest.raises(ReadError, match="O_DIRECT"):
             r.submit(0, 1).result(timeout=10)
 
@@ -229,7 +226,7 @@ def test_direct_on_filesystem_without_o_direct(store: FakeStore, monkeypatch) ->
 def test_missing_file_and_bad_args(store: FakeStore) -> None:
     store.files[0].unlink()
     with ExpertReader(store, "buffered") as r, pytest.raises(ReadError, match="layer_000"):
-        r.read(0, 0)
+        r.submit(0, 0).result()
     with pytest.raises(ValueError):
         ExpertReader(store, "bogus")
     with pytest.raises(ValueError):
@@ -250,14 +247,14 @@ def test_page_budget_bounds_store_pages(disk_dir: Path, mode: str) -> None:
         ExpertReader(st, mode, io_threads=2, page_budget=budget) as r,
     ):
         for e in [0, 3, 7, 1, 22, 9, 3, 15, 18, 2, 11, 5]:
-            assert r.read(0, e).tobytes() == st.data[(0, e)]
+            assert r.submit(0, e).result().tobytes() == st.data[(0, e)]
             assert pagecache.resident_bytes(path) <= allowance + 16 * ALIGN
         assert budget.evictions > 0
 
 
 @pytest.mark.parametrize("pattern", ["sequential", "random"])
 def test_diskbench_smoke(disk_dir: Path, pattern: str) -> None:
-    from engine.diskbench import make_test_file, measure_read_bandwidth
+    from engine.measure.diskbench import make_test_file, measure_read_bandwidth
 
     p = make_test_file(disk_dir / "bench.bin", 1 << 20)
     assert p.stat().st_size == 1 << 20

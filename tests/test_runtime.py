@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -15,9 +17,9 @@ from engine import pagecache
 from engine.cli import main
 from engine.config import EngineConfig
 from engine.errors import ConfigError, MemoryBudgetError, ReadError
-from engine.run_cmd import TOKENIZER_FILES
 from engine.runtime import Engine
 from engine.store import Store
+from engine.tokenizer import TOKENIZER_FILES
 
 PROMPT = [5, 9, 17, 33, 65, 101, 7, 7]
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,13 +118,26 @@ def test_pinned_policy_pins_the_profiles_hottest_experts(
     store = packed_store("qwen3_moe")
     profile = store.profile()
     assert profile is not None  # pack calibrates models that fit in RAM
-    with Engine(store, EngineConfig(cache_policy="pinned", pinned_fraction=0.25,
-                                    cache_bytes=1 << 30)) as engine:  # fmt: skip
-        engine.generate(PROMPT, 4)
-        pinned = engine.cache.pinned_keys()
     ranked = sorted(((c, layer, e) for layer, cs in profile.items() for e, c in enumerate(cs)),
                     reverse=True)  # fmt: skip
-    assert pinned and {(layer, e) for _, layer, e in ranked[: len(pinned)]} == set(pinned)
+    routed: set[tuple[int, int]] = set()
+
+    class Routes:  # the provider's tracer hook: every expert a layer step routes to
+        def on_fetch(self, layer: int, experts: list[int], _x: object) -> None:
+            routed.update((layer, e) for e in experts)
+
+    with Engine(store, EngineConfig(cache_bytes=0)) as sizing:
+        entry = sizing.entry_bytes
+    # 8 experts of cache, half pinned: the profile's 4 hottest, LRU churn through the rest.
+    cfg = EngineConfig(cache_policy="pinned", pinned_fraction=0.5, cache_bytes=8 * entry)
+    with Engine(store, cfg) as engine:
+        engine.provider.tracer = Routes()
+        engine.generate(PROMPT, 12)
+        hot = {(layer, e) for _, layer, e in ranked[:4]}
+        assert hot & routed, "the prompt should route to some of the profile's hottest experts"
+        assert all(k in engine.cache for k in hot & routed)  # loaded once, never evicted
+        cold = routed - {(layer, e) for _, layer, e in ranked[:8]}
+        assert sum(k in engine.cache for k in cold) <= 4  # the rest share the other half
     bare = _copy(store, tmp_path / "noprof")
     (bare.root / "profile.json").unlink()
     with pytest.raises(ConfigError, match="profile"):
@@ -239,3 +254,45 @@ def test_a_relative_budget_is_the_same_bytes_for_every_variant_of_a_model(
     (budget16, slots16), (budget4, slots4) = held[16], held[4]
     assert abs(budget16 - budget4) <= 0.03 * budget16, held
     assert slots4 >= 2 * max(slots16, 1), held
+
+
+# ---- resources and budget arithmetic ------------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_engine_close_releases_page_budget_fds(packed_store: Callable[..., Store]) -> None:
+    store = packed_store("qwen3_moe")
+    gc.collect()  # an earlier test's garbage closing its fds mid-test would skew the count
+    before = _open_fds()
+    cfg = EngineConfig(cache_bytes=0, io_mode="buffered", memory_budget_bytes=1 << 40)
+    with Engine(store, cfg) as engine:
+        assert engine.page_budget is not None
+        engine.page_budget.allowance_bytes = 0  # every read is evicted: the budget opens fds
+        engine.generate(PROMPT, 3)
+        assert engine.page_budget.evictions > 0
+    assert _open_fds() == before
+
+
+def test_budget_split_never_exceeds_the_budget(
+    packed_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.runtime as runtime
+
+    store = packed_store("qwen3_moe")
+    base = 200 << 20
+    monkeypatch.setattr(runtime, "current_rss", lambda: base)
+    with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
+        working = probe_engine.entry_bytes * probe_engine.top_k
+    for extra in (0, store.expert_span // 2, 3 * store.expert_span):
+        reserve = runtime.runtime_reserve(int(store.config["vocab_size"]))
+        budget = base + working + store.expert_span + reserve + extra
+        cfg = EngineConfig(cache_bytes=1 << 40, io_mode="buffered", memory_budget_bytes=budget)
+        with Engine(store, cfg) as engine:
+            assert engine.page_budget is not None
+            total = (
+                base + working + reserve + engine.cache_bytes + engine.page_budget.allowance_bytes
+            )
+            assert total <= budget

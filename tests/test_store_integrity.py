@@ -18,7 +18,7 @@ import pytest
 
 from engine.cli import main
 from engine.errors import ExpertCorrupt, ReadError, StoreCorrupt, StoreError
-from engine.reader import ExpertReader, FileSource
+from engine.reader import ExpertReader
 from engine.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,13 +56,13 @@ def test_corrupt_expert_never_reaches_the_math(store: Store, mode: str) -> None:
     _flip(store, layer, 5)
     with ExpertReader(store, mode, read_chunk_bytes=8192, io_threads=3) as r:
         try:
-            r.read(layer, 4)  # a clean neighbour still reads
+            r.submit(layer, 4).result()  # a clean neighbour still reads
         except ReadError as e:
             if "O_DIRECT" in str(e):
                 pytest.skip(str(e))
             raise
         with pytest.raises(ExpertCorrupt, match=f"layer {layer} expert 5 is corrupt") as e:
-            r.read(layer, 5)
+            r.submit(layer, 5).result()
         assert str(store.root) in str(e.value) and "verify" in str(e.value)
         with pytest.raises(ExpertCorrupt, match=f"layer {layer} expert 5"):
             r.submit(layer, 5).result(timeout=30)  # the background (prefetch) path too
@@ -119,9 +119,8 @@ def test_fifo_layer_file_does_not_hang(store: Store, capsys: pytest.CaptureFixtu
     assert main(["verify", str(store.root)]) == 1
     assert "not a regular file" in capsys.readouterr().out
     # The reader itself refuses it too (a FIFO swapped in after the store was opened).
-    src = FileSource({0: layer_file}, lambda layer, e: store.expert(store.layers[0].layer, e))
-    with ExpertReader(src, "buffered") as r, pytest.raises(ReadError, match="not a regular"):
-        r.read(0, 0)
+    with ExpertReader(store, "buffered") as r, pytest.raises(ReadError, match="not a regular"):
+        r.submit(store.layers[0].layer, 0).result()
 
 
 def test_path_that_is_a_file_is_not_a_directory(tmp_path: Path) -> None:
@@ -143,10 +142,10 @@ def test_mmap_file_truncated_during_run_is_a_clean_error(store: Store) -> None:
         from engine.store import Store
         s = Store.open({str(store.root)!r})
         with ExpertReader(s, "mmap", read_chunk_bytes=8192) as r:
-            r.read({layer}, 0)
+            r.submit({layer}, 0).result()
             os.truncate(s.layer_file({layer}), s.expert({layer}, 3).offset + 100)
             try:
-                r.read({layer}, 3)
+                r.submit({layer}, 3).result()
             except ReadError as e:
                 print("ReadError", e)
     """)
@@ -164,7 +163,7 @@ def test_mmap_refuses_a_file_shorter_than_the_manifest(store: Store) -> None:
         ExpertReader(opened, "mmap") as r,
         pytest.raises(ReadError, match="manifest says"),
     ):
-        r.read(layer, 0)
+        r.submit(layer, 0).result()
 
 
 def test_fifo_manifest_and_profile_do_not_hang(store: Store) -> None:

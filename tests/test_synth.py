@@ -15,8 +15,8 @@ from mlx_lm.utils import load_model
 
 from engine.cli import main
 from engine.errors import CheckpointError, StoreExists
-from engine.synth import PRESETS, SYNTH_FAMILIES, make_config, synthesize, tensor_plan
-from engine.synth_routing import (
+from engine.synth.hf import PRESETS, SYNTH_FAMILIES, make_config, synthesize, tensor_plan
+from engine.synth.routing import (
     RoutingKnobs,
     RoutingPlan,
     lru_hit_rate,

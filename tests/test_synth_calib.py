@@ -10,10 +10,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from engine.synth import PRESETS, TensorMaker, make_config
-from engine.synth_calib import simulate
-from engine.synth_presets import REAL_PRESETS
-from engine.synth_routing import RoutingKnobs, depth_scale, routing_stats
+from engine.synth.calib import simulate
+from engine.synth.hf import PRESETS, TensorMaker, make_config
+from engine.synth.presets import REAL_PRESETS
+from engine.synth.routing import RoutingKnobs, depth_scale, routing_stats
 
 
 def test_plan_estimate_matches_mlx_lm_on_a_built_model(

@@ -13,9 +13,9 @@ from mlx.utils import tree_flatten
 from engine import families
 from engine.cli import main
 from engine.errors import CheckpointError
-from engine.synth import make_config, synthesize, tensor_plan
-from engine.synth_presets import REAL_PRESETS
-from engine.synth_quant import quantized_skeleton
+from engine.synth.hf import make_config, synthesize, tensor_plan
+from engine.synth.presets import REAL_PRESETS
+from engine.synth.quant import quantized_skeleton
 
 # The numbers issue 16 states for each published model, plus the attention shapes of its
 # published config: (hidden, experts, top_k, expert_inter, layers, vocab).

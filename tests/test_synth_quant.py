@@ -13,10 +13,10 @@ import mlx.core as mx
 import pytest
 from mlx_lm.utils import load_model
 
-import engine.synth
+import engine.synth.hf
 from engine.errors import CheckpointError
 from engine.pack import pack
-from engine.synth import SYNTH_FAMILIES, synthesize
+from engine.synth.hf import SYNTH_FAMILIES, synthesize
 from engine.verify import verify
 
 
@@ -92,8 +92,8 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
     def boom(*_: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(engine.synth, "write_tokenizer", boom)  # after every shard is written
-    # A failed write is one line naming the output (engine.synth wraps the OSError).
+    monkeypatch.setattr(engine.synth.hf, "write_tokenizer", boom)  # after every shard is written
+    # A failed write is one line naming the output (engine.synth.hf wraps the OSError).
     with pytest.raises(CheckpointError, match="disk full"):
         synthesize(tmp_path / "m", "qwen3_moe", "tiny", quantize=4)
     assert not list(tmp_path.iterdir())
@@ -102,7 +102,7 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
 CHILD = """
 import sys
 from pathlib import Path
-from engine.synth import synthesize
+from engine.synth.hf import synthesize
 synthesize(Path(sys.argv[1]), "qwen3_moe", "small", layers=int(sys.argv[2]), quantize=4,
            progress=False)
 print([ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0])

@@ -13,33 +13,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine import tokenizer as tokfiles
 from engine.config import EngineConfig, load_provenance
 from engine.errors import ConfigError, StoreCorrupt
 from engine.families import text_config
+from engine.generate import Generation
+from engine.measure.metrics import Phase, timing
+from engine.measure.probe import store_files
 from engine.pagecache import evict_all
-from engine.probe import store_files
-from engine.runtime import Engine, run_summary
+from engine.runtime import Engine, peak_rss
 from engine.shapes import open_for_run
 from engine.store import Store
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+from engine.suite import DEFAULT_WARMUP
 
 
 def has_tokenizer(store: Store) -> bool:
-    return any((store.dense_dir / f).is_file() for f in TOKENIZER_FILES)
+    return tokfiles.has_tokenizer(store.dense_dir)
 
 
 def load_tokenizer(store: Store) -> Any:
     """The store's tokenizer; a corrupt or unreadable one is a StoreCorrupt, not a traceback."""
-    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
-
-    try:
-        return mlx_load_tokenizer(store.dense_dir)
-    except Exception as e:  # tokenizers/transformers raise anything from a bad file
-        raise StoreCorrupt(
-            f"{store.dense_dir}: the tokenizer does not load ({type(e).__name__}: "
-            f"{str(e)[:200]}); run `moe-engine verify {store.root}` or re-pack the store"
-        ) from None
+    fix = f"run `moe-engine verify {store.root}` or re-pack the store"
+    return tokfiles.load_tokenizer(store.dense_dir, StoreCorrupt, fix)
 
 
 def encode_prompt(tokenizer: Any, text: str, what: str = "--prompt") -> list[int]:
@@ -127,8 +122,14 @@ def run_command(args: argparse.Namespace) -> int:
         if tokenizer is not None and getattr(tokenizer, "eos_token_ids", None):
             eos = set(tokenizer.eos_token_ids)
         t0 = time.perf_counter()
-        gen = engine.generate(prompt, args.max_tokens, eos=eos)
-        summary = run_summary(engine, gen, time.perf_counter() - t0)
+        c0, mark = engine.counters(), {}
+        gen = engine.generate(
+            prompt, args.max_tokens, eos=eos,
+            on_token=lambda _t: mark.setdefault("c1", engine.counters()),
+        )  # fmt: skip
+        decode = Phase()
+        decode.add(mark["c1"], engine.counters())
+        summary = run_summary(engine, gen, time.perf_counter() - t0, c0, decode)
     text = tokenizer.decode(gen.tokens) if tokenizer is not None else None
     if args.json:
         out = {"tokens": gen.tokens, "prompt_tokens": len(prompt), **summary}
@@ -139,7 +140,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     print(text if text is not None else " ".join(str(t) for t in gen.tokens))
     print(
-        f"{summary['tokens_generated']} tokens | decode {summary['decode_tok_s']:.1f} tok/s | "
+        f"{summary['tokens_generated']} tokens | decode {_tok_s(summary['decode_tok_s'])} | "
         f"ttft {summary['ttft_s'] * 1000:.0f} ms | hit rate {summary['cache_hit_rate']:.1%} | "
         f"read {summary['bytes_read'] / 2**20:.1f} MiB "
         f"({summary['bytes_read_per_token'] / 2**20:.2f} MiB/token) | "
@@ -148,3 +149,35 @@ def run_command(args: argparse.Namespace) -> int:
         f"{summary['page_cache_bytes'] / 2**20:.0f})"
     )
     return 0
+
+
+def _tok_s(v: float | None) -> str:
+    return f"{v:.1f} tok/s" if v is not None else f"- tok/s (<= {DEFAULT_WARMUP} decode steps)"
+
+
+def run_summary(
+    engine: Engine, gen: Generation, wall_s: float, start: dict[str, Any], decode: Phase
+) -> dict[str, Any]:
+    """The figures of `engine run` (speed, hit rate, bytes read, peak memory), as
+    engine.measure.metrics defines them; `start`: engine.counters() before the run."""
+    c = engine.counters()
+    n = len(gen.tokens)
+    t = timing([gen], DEFAULT_WARMUP)
+    page = engine.page_cache_bytes()
+    read = c["bytes_read"] - start["bytes_read"]
+    return {
+        "tokens_generated": n,
+        "ttft_s": t["ttft_s"],
+        "decode_tok_s": t["decode_tok_s"],
+        "decode_tokens_measured": t["decode_tokens_measured"],
+        "wall_s": wall_s,
+        "cache_hit_rate": decode.cache_hit_rate,
+        "bytes_read": read,
+        "bytes_read_per_token": read / n if n else 0.0,
+        "peak_rss_bytes": peak_rss(),
+        "page_cache_bytes": page,
+        "memory_bytes": peak_rss() + page,
+        "cache_bytes": engine.cache_bytes,
+        "io_mode": engine.config.io_mode,
+        "time": time.time(),
+    }

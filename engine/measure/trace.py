@@ -20,7 +20,8 @@ from engine.errors import ProbeError
 from engine.prefetch import rank_experts
 
 PREFILL, DECODE = 0, 1
-RANK_DEPTH = 3  # next layers whose router rankings are recorded (row 0 is the layer itself)
+RANK_DEPTH = 4  # next layers whose router rankings are recorded (row 0 is the layer itself):
+# the search spaces search prefetch_depth 1-4
 RANK_WIDTH = 32  # experts ranked per layer (enough for prefetch_width up to 32)
 
 

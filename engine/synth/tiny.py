@@ -1,12 +1,12 @@
 """A tiny synthetic checkpoint for any mlx-lm MoE family, in mlx-community layout.
 
-The model is mlx-lm's own, built from a small config (engine/data/tiny_families.toml: only
+The model is mlx-lm's own, built from a small config (engine/synth/data/tiny_families.toml: only
 what the family's ModelArgs needs beyond a shared base); its weights are mlx-lm's seeded random
-init, except the planted ones (`engine.synth_routing`): embedding, lm_head and every router get
+init, except the planted ones (`engine.synth.routing`): embedding, lm_head and every router get
 the routing structure (popularity skew, topic runs, cross-layer predictability) where their
 shapes allow. The saved tensors are the model's own parameter names with stacked experts, which
 is exactly what `mlx_lm convert` writes, so pack reads them with no per-family key table. The
-families with known HF per-expert names are written in HF layout by `engine.synth` instead.
+families with known HF per-expert names are written in HF layout by `engine.synth.hf` instead.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from mlx.utils import tree_flatten
 
 from engine.errors import CheckpointError, StoreExists, UnsupportedModel
 from engine.families import _router, build_skeleton, experts_count, get_experts, moe_blocks
-from engine.synth import probe_suite, write_tokenizer
-from engine.synth_routing import RoutingKnobs, RoutingPlan
+from engine.synth.hf import probe_suite, write_tokenizer
+from engine.synth.routing import RoutingKnobs, RoutingPlan
 
 E, K, H, V = 8, 2, 64, 256  # experts, top-k, hidden, vocab: tiny, and 64 fits every quant group
 CONFIGS = Path(__file__).parent / "data" / "tiny_families.toml"
@@ -105,10 +105,10 @@ def synthesize(
 ) -> Path:
     """Write the tiny checkpoint atomically to `out`, with tokenizer and probe suite: layout
     "mlx" (mlx-community: stacked experts; `bits` < 16 quantizes it the way `mlx_lm convert
-    -q` does) or "hf" (the family's HF expert tensors, where engine.synth_hf knows them)."""
+    -q` does) or "hf" (the family's HF expert tensors, where engine.synth.to_hf knows them)."""
     from mlx_lm.utils import quantize_model
 
-    from engine.synth_hf import to_hf
+    from engine.synth.to_hf import to_hf
 
     if layout not in ("mlx", "hf") or (layout == "hf" and bits < 16):
         raise CheckpointError(
@@ -146,7 +146,7 @@ def synthesize(
     return out
 
 
-# Every family `engine synth` builds (HF layout for engine.synth's, mlx layout for the rest).
+# Every family `engine synth` builds (HF layout for engine.synth.hf's, mlx layout for the rest).
 SYNTH_FAMILIES = tuple(TINY)
 
 
@@ -164,10 +164,10 @@ def synthesize_family(
     quantize: int | None = None,
     group_size: int = 64,
 ) -> Path:
-    """`engine.synth.synthesize` for its HF-layout families and real-shape presets (which name
-    their family), else the tiny model of this file; layout None = HF for engine.synth's
-    families, mlx for the others. layers/quantize/group_size: engine.synth's."""
-    from engine import synth
+    """`engine.synth.hf.synthesize` for its HF-layout families and real-shape presets (which name
+    their family), else the tiny model of this file; layout None = HF for engine.synth.hf's
+    families, mlx for the others. layers/quantize/group_size: engine.synth.hf's."""
+    from engine.synth import hf as synth
 
     if (family is None or family in synth.SYNTH_FAMILIES) and layout in (None, "hf"):
         return synth.synthesize(
@@ -176,13 +176,13 @@ def synthesize_family(
         )  # fmt: skip
     if layers is not None or quantize is not None:
         raise CheckpointError(
-            f"--layers/--quantize apply to engine/synth.py's presets, not to family {family!r}"
+            f"--layers/--quantize apply to engine/synth/hf.py's presets, not to family {family!r}"
         )
     if family is None:
         raise CheckpointError("--family is needed with a toy preset")
     if preset != "tiny":
         raise CheckpointError(
             f"family {family!r} is synthesized at preset 'tiny' only, not {preset!r}; "
-            f"presets come with engine/synth.py's HF families ({', '.join(synth.SYNTH_FAMILIES)})"
+            f"presets come with the HF-layout families ({', '.join(synth.SYNTH_FAMILIES)})"
         )
     return synthesize(out, family, seed=seed, force=force, layout=layout or "mlx")

@@ -5,10 +5,10 @@ parameters, whose names/shapes are the post-sanitize ones; stacked experts are m
 per-expert HF names (`Family.hf_expert_key`) and deepseek's MLA `embed_q`/`unembed_out` back to
 HF's `kv_b_proj`. Tensors are generated per name from a seeded RNG (order-independent, so files
 are byte-identical for a seed) and streamed into shards a block of rows at a time
-(`engine.synth_write`: bounded RAM), into a temp dir renamed into place at the end. With
+(`engine.synth.write`: bounded RAM), into a temp dir renamed into place at the end. With
 `quantize` the checkpoint is written in mlx-community's quantized layout instead
-(`engine.synth_quant`). Presets live in `engine.synth_presets`, the planted routing structure in
-`engine.synth_routing`.
+(`engine.synth.quant`). Presets live in `engine.synth.presets`, the planted routing structure in
+`engine.synth.routing`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten
 
 from engine.errors import CheckpointError, EngineError, StoreExists
 from engine.families import FAMILIES, build_skeleton
-from engine.synth_presets import (
+from engine.synth.presets import (
     ALL_PRESETS,
     PRESETS,
     REAL_PRESETS,
@@ -36,9 +36,9 @@ from engine.synth_presets import (
     check_layers,
     real_config,
 )
-from engine.synth_routing import RoutingKnobs, RoutingPlan, depth_scale
-from engine.synth_write import Group, Put, TensorSpec, row_chunks, write_shards
-from engine.synth_write import progress as progress_bar
+from engine.synth.routing import RoutingKnobs, RoutingPlan, depth_scale
+from engine.synth.write import Group, Put, TensorSpec, row_chunks, write_shards
+from engine.synth.write import progress as progress_bar
 from engine.tmpdirs import make_tmp
 
 __all__ = ["PRESETS", "REAL_PRESETS", "SYNTH_FAMILIES", "make_config", "synthesize"]
@@ -46,9 +46,6 @@ __all__ = ["PRESETS", "REAL_PRESETS", "SYNTH_FAMILIES", "make_config", "synthesi
 SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
 QUANT_BITS = (4, 8)
 _KNOB_FIELDS = set(RoutingKnobs.__dataclass_fields__)
-
-
-SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
 
 
 def _check_preset(name: str) -> Preset | RealPreset:
@@ -348,7 +345,7 @@ def synthesize(
     if quantize is None:
         groups, meta, out_config = _hf_groups(tensor_plan(config), make), {"format": "pt"}, config
     else:
-        from engine.synth_quant import quantized_groups
+        from engine.synth.quant import quantized_groups
 
         groups, out_config = quantized_groups(config, make, quantize, group_size)
         meta = {"format": "mlx"}

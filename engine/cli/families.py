@@ -3,7 +3,7 @@
 A model type has stacked experts when its mlx-lm module uses `switch_layers` itself or imports a
 model module that does (qwen3_5_moe -> qwen3_5 -> qwen3_next). The scan reads the installed
 mlx-lm's sources, so a newer mlx-lm's families show up without a code change. A family streams
-(tested) when `engine.synth_generic` can build it and the parity suite covers it; the others
+(tested) when `engine.synth.tiny` can build it and the parity suite covers it; the others
 say why not.
 """
 
@@ -31,7 +31,7 @@ NOT_YET: dict[str, str] = {
 # Multimodal wrappers: mlx-lm builds only their text model (its sanitize drops the vision
 # weights), so the text model streams and there is no vision tower to keep resident.
 TEXT_ONLY = frozenset({"qwen3_5_moe", "qwen3_vl_moe", "kimi_vl", "kimi_k25", "llama4"})
-DEFAULT_REASON = "not tested yet: no tiny config in engine/synth_generic.py"
+DEFAULT_REASON = "not tested yet: no tiny config in engine/synth/tiny.py"
 
 
 def _models_dir() -> Path:
@@ -68,7 +68,7 @@ def stacked_expert_types() -> frozenset[str]:
 
 def statuses() -> list[tuple[str, bool, str]]:
     """(model type, streams, one-line status) for every stacked-expert model type, sorted."""
-    from engine.synth_generic import synth_families
+    from engine.synth.tiny import synth_families
 
     tested = set(synth_families())
     out = []

@@ -1,4 +1,4 @@
-"""Naive streaming: the baseline of DESIGN.md's `bench` (what a first attempt would do).
+"""Naive streaming: the baseline of `bench` (docs/architecture.md) (what a first attempt would do).
 
 Per token and layer, each routed expert's tensors are read straight from the SOURCE checkpoint's
 safetensors (tensor-level reads, no store, no engine cache, no prefetch, one expert at a time)

@@ -18,12 +18,11 @@ import numpy as np
 from engine.config import EngineConfig
 from engine.errors import ProbeError
 from engine.generate import generate, score
-from engine.model import load_reference
+from engine.model import fits_in_memory, load_reference
 from engine.store import MANIFEST, Store
 from engine.suite import Suite
 
 CACHE_DIR = "reference"
-RAM_SHARE = 0.5  # load the source in memory only if it takes under half of available RAM
 
 
 @dataclass
@@ -58,18 +57,6 @@ def compare(ref: Reference, model: nn.Module, suite: Suite) -> dict[str, float]:
     return {"kl_mean": float(max(kl.mean(), 0.0)), "top1_agreement": agree / n if n else 0.0}
 
 
-def _available_ram() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
-
-
 def choose_reference(store: Store, explicit: str | None) -> tuple[str, Path]:
     """(kind, path): an explicit model dir / 16-bit store, else the source, else this store."""
     if explicit is not None:
@@ -83,7 +70,7 @@ def choose_reference(store: Store, explicit: str | None) -> tuple[str, Path]:
             return "mlx-lm", p
         raise ProbeError(f"{p}: --reference must be a checkpoint dir or a 16-bit store")
     src = Path(store.manifest.get("source", {}).get("path", ""))
-    fits = src.is_dir() and _dir_bytes(src) < RAM_SHARE * _available_ram()
+    fits = src.is_dir() and fits_in_memory(src) is None
     if fits and (src / "config.json").is_file():
         return "mlx-lm", src
     if store.bits == 16:

@@ -1,7 +1,7 @@
 """HF layout for a synthetic mlx-layout checkpoint: the routed experts as HF stores them.
 
 How each family's HF checkpoints hold their experts is data (`[hf.X]` in
-engine/data/tiny_families.toml: per-expert tensors under HF's projection names, or gate and up
+engine/synth/data/tiny_families.toml: per-expert tensors under HF's projection names, or gate and up
 fused into one (E, 2I, D) or (E, D, 2I) tensor); this file only applies it. The inverse, HF to
 stacked, is mlx-lm's own sanitize, which pack asks (`engine.hf_experts`), so a written HF
 checkpoint is checked by mlx-lm loading it.

@@ -1,10 +1,8 @@
-"""One honest measurement of a config on a probe suite: the metrics JSON of DESIGN.md.
+"""One honest measurement of a config on a probe suite: the metrics JSON (docs/architecture.md).
 
 Each repeat opens a fresh Engine (empty engine cache); cold repeats first evict the store from
-the OS page cache, warm ones follow an unmeasured pass. Decode figures are sustained: each
-prompt's first `warmup_tokens` decode steps are excluded and the count is reported; when that
-leaves no decode step (every prompt's decode_tokens <= warmup), decode_tok_s and the latencies
-are null, not 0.0: nothing was measured, and 0 s would rank best on a latency objective.
+the OS page cache, warm ones follow an unmeasured pass. How ttft_s, decode_tok_s, the latencies
+and cache_hit_rate are computed: engine.measure.metrics (the one definition).
 `memory_bytes` = peak RSS + the store's pages in the page cache; in mmap mode mapped pages
 are in both, so it errs high (a budget it passes is met), never low.
 """
@@ -13,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,13 +18,17 @@ import numpy as np
 from engine._version import __version__
 from engine.config import EngineConfig
 from engine.errors import MemoryBudgetError
+from engine.measure.metrics import Phase, timing
+from engine.measure.reference import Reference, compare
+from engine.measure.trace import Trace, Tracer
 from engine.pagecache import evict_all
-from engine.reference import Reference, compare
 from engine.runtime import Engine, peak_rss, reset_peak_rss
 from engine.store import Store
 from engine.suite import Suite
-from engine.trace import Trace, Tracer
 
+TIMING = ("ttft_s", "prefill_tok_s", "decode_tok_s", "latency_p50_s", "latency_p99_s",
+          "latency_max_s")  # fmt: skip
+COUNTS = ("tokens", "decode_tokens_measured", "warmup_tokens_excluded", "prefill_tokens")
 BUDGET_SLACK = 1.02  # a sampled peak this far over memory_budget_bytes is a breach, not a figure
 
 METRICS = (
@@ -36,30 +37,6 @@ METRICS = (
     "prefetch_recall", "io_stall_fraction", "peak_rss_bytes", "page_cache_bytes",
     "memory_bytes", "kl_mean", "top1_agreement",
 )  # fmt: skip
-
-
-@dataclass
-class _Phase:
-    """Counter totals of one phase (prefill or decode) summed over prompts."""
-
-    requests: int = 0
-    hits: int = 0
-    bytes: int = 0  # what the engine asked its reader for
-    disk: int = 0  # what the kernel actually fetched from storage
-    stall_s: float = 0.0
-    predicted: int = 0
-    used: int = 0
-    correct: int = 0
-
-    def add(self, a: dict[str, Any], b: dict[str, Any]) -> None:
-        self.requests += b["expert_requests"] - a["expert_requests"]
-        self.hits += b["cache_hits"] - a["cache_hits"]
-        self.bytes += b["bytes_read"] - a["bytes_read"]
-        self.disk += b["disk_read_bytes"] - a["disk_read_bytes"]
-        self.stall_s += b["read_wait_s"] - a["read_wait_s"]  # blocked on reads: the I/O stall
-        self.predicted += b.get("prefetch_predicted", 0) - a.get("prefetch_predicted", 0)
-        self.used += b.get("prefetch_used", 0) - a.get("prefetch_used", 0)
-        self.correct += b.get("prefetch_correct", 0) - a.get("prefetch_correct", 0)
 
 
 def store_files(store: Store) -> list:
@@ -93,8 +70,8 @@ def measure_once(
                 "suite": suite.fingerprint, "config": config.to_dict(),
             })  # fmt: skip
             eng.provider.tracer = tracer
-        prefill, decode = _Phase(), _Phase()
-        ttfts, prompt_tokens, prefill_s, lat, warm_excluded, tokens = [], 0, 0.0, [], 0, 0
+        prefill, decode = Phase(), Phase()
+        gens = []
         decode_all_s = 0.0  # every decode step, warm-up included: the span stall is counted on
         page = 0
         for pi, p in enumerate(suite.prompts):
@@ -113,14 +90,8 @@ def measure_once(
             c2 = eng.counters()
             prefill.add(c0, mark["c1"])
             decode.add(mark["c1"], c2)
-            ttfts.append(gen.ttft_s)
-            prompt_tokens += len(p.ids)
-            prefill_s += gen.prefill_s
-            w = min(suite.warmup_tokens, len(gen.token_s))
-            warm_excluded += w
-            lat.extend(gen.token_s[w:])
+            gens.append(gen)
             decode_all_s += float(sum(gen.token_s))
-            tokens += len(gen.tokens)
             page = max(page, eng.page_cache_bytes())
         rss = peak_rss()  # before the quality pass, whose long prefill is not the workload
         quality = compare(reference, eng.model, suite) if reference is not None else {}
@@ -133,31 +104,23 @@ def measure_once(
             f"{page:,}), over its memory budget {budget:,}; this config does not fit it "
             "(lower cache_bytes or prefetch, or raise the budget)"
         )
-    decode_s = float(np.sum(lat)) if lat else 0.0
+    t = timing(gens, suite.warmup_tokens)
     m: dict[str, Any] = {
-        "ttft_s": float(np.median(ttfts)),
-        "prefill_tok_s": prompt_tokens / prefill_s if prefill_s > 0 else 0.0,
-        "decode_tok_s": len(lat) / decode_s if lat and decode_s > 0 else None,
-        "latency_p50_s": float(np.percentile(lat, 50)) if lat else None,
-        "latency_p99_s": float(np.percentile(lat, 99)) if lat else None,
-        "latency_max_s": float(np.max(lat)) if lat else None,
+        **{k: t[k] for k in TIMING},
         # From storage over the whole run per token processed (prompt + generated): page-cache
         # hits are free, so cold and warm differ. The engine's own decode-phase demand follows.
-        "bytes_read_per_token": (prefill.disk + decode.disk) / (prompt_tokens + tokens),
+        "bytes_read_per_token": (prefill.disk + decode.disk) / (t["prefill_tokens"] + t["tokens"]),
         "bytes_requested_per_token": decode.bytes / decode_steps if decode_steps else 0.0,
-        "cache_hit_rate": decode.hits / decode.requests if decode.requests else 0.0,
-        "prefetch_precision": decode.correct / decode.predicted if decode.predicted else 0.0,
-        "prefetch_recall": decode.correct / decode.used if decode.used else 0.0,
+        "cache_hit_rate": decode.cache_hit_rate,
+        "prefetch_precision": decode.prefetch_precision,
+        "prefetch_recall": decode.prefetch_recall,
         "io_stall_fraction": min(decode.stall_s / decode_all_s, 1.0) if decode_all_s else 0.0,
         "peak_rss_bytes": rss,
         "page_cache_bytes": page,
         "memory_bytes": rss + page,
         "kl_mean": quality.get("kl_mean"),
         "top1_agreement": quality.get("top1_agreement"),
-        "tokens": tokens,
-        "decode_tokens_measured": len(lat),
-        "warmup_tokens_excluded": warm_excluded,
-        "prefill_tokens": prompt_tokens,
+        **{k: t[k] for k in COUNTS},
         "compute_path": compute_path,  # who did the math: engine.kernels ("cpu") or MLX
         "memory_budget_bytes": budget,  # the budget the run held to (None: unbounded)
     }

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cliutil import Handler, add_command, dispatch
+from engine.cli.util import Handler, add_command, dispatch
 from engine.errors import EngineError
 
 
@@ -28,7 +28,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     Any family `families` lists as streaming can be built at tiny size (mlx-community layout, or
     HF layout where its HF key names are known).
     """
-    from engine.synth_generic import synthesize_family
+    from engine.synth.tiny import synthesize_family
 
     out = synthesize_family(
         Path(args.out),
@@ -52,7 +52,7 @@ def cmd_families(args: argparse.Namespace) -> int:
     One line each: `streams (tested)` when the parity suite checks it against mlx-lm's own
     float32 model, else why not yet. Read from the installed mlx-lm's model files.
     """
-    from engine.families_list import render
+    from engine.cli.families import render
 
     print(render())
     return 0
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     the store's pages in the page cache) counts only what this run brought in, never pages left
     by an earlier run; each run therefore starts cold.
     """
-    from engine.run_cmd import run_command
+    from engine.cli.run import run_command
 
     return run_command(args)
 
@@ -106,18 +106,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     """Measure one config on a fixed probe suite: speed, latency, I/O, memory and quality.
 
-    Prints every metric of DESIGN.md (one JSON object with --json). Cold runs evict the store
-    from the OS page cache first; warm runs do one unmeasured pass first. Quality (kl_mean,
-    top1_agreement) is teacher-forced against a cached full-precision reference run.
+    Prints every metric (docs/architecture.md; one JSON object with --json). Cold runs evict
+    the store from the OS page cache first; warm runs do one unmeasured pass first. Quality
+    (kl_mean, top1_agreement) is teacher-forced against a cached full-precision reference run.
     """
-    from engine.probe_cmd import probe_command
+    from engine.cli.probe import probe_command
 
     return probe_command(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Side by side: mlx-lm resident, naive streaming, the given config, disk roofline."""
-    from engine.bench_cmd import bench_command
+    from engine.cli.bench import bench_command
 
     return bench_command(args)
 
@@ -129,9 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Handler) -> argparse.ArgumentParser:
         return add_command(sub, name, fn)
 
-    from engine.synth import QUANT_BITS
-    from engine.synth_generic import SYNTH_FAMILIES
-    from engine.synth_presets import ALL_PRESETS
+    from engine.synth.hf import QUANT_BITS
+    from engine.synth.presets import ALL_PRESETS
+    from engine.synth.tiny import SYNTH_FAMILIES
 
     sp = add("synth", cmd_synth)
     sp.add_argument("out", help="output checkpoint directory")

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.errors import CheckpointError
 from engine.families import FAMILIES
-from engine.synth_routing import RoutingKnobs
+from engine.synth.routing import RoutingKnobs
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class RealPreset:
         return int(self.config["num_hidden_layers"])
 
 
-# Generic targets of DESIGN.md "Synthetic models" (its survey of published offloading studies).
+# Generic targets (docs/architecture.md, "Platform facts": published offloading studies).
 _GENERIC = (
     Figure("reuse_vs_chance", (1.5, 2.5)),
     Figure("next_layer_recall", (0.6, 0.9)),
@@ -127,8 +127,8 @@ REAL_PRESETS: dict[str, RealPreset] = {
             *_GENERIC,
         ),
         source="Qwen3-30B-A3B per-layer LRU: ~53% hit at 11% of experts cached, ~76% at 23% "
-        "(figures quoted in DESIGN.md and issue 16 from the seed's survey of offloading "
-        "reports); reuse and next-layer recall: DESIGN.md's generic ranges.",
+        "(figures quoted in docs/architecture.md and issue 16 from the seed's survey of offloading "
+        "reports); reuse and next-layer recall: docs/architecture.md's generic ranges.",
     ),
     "olmoe-1b-7b": RealPreset(
         model="allenai/OLMoE-1B-7B-0924",
@@ -152,7 +152,7 @@ REAL_PRESETS: dict[str, RealPreset] = {
         knobs=RoutingKnobs(n_topics=64, skew=0.9, drift=1.3),
         figures=(Figure("hit_rate", (0.55, 0.80), 0.25), *_GENERIC),
         source="No per-layer LRU figure is published for OLMoE (the OLMoE paper, arXiv "
-        "2409.02060, reports specialization, not cache hits); DESIGN.md's generic targets: "
+        "2409.02060, reports specialization, not cache hits); the generic targets: "
         "55-80% LRU hit at 25% cached.",
     ),
     "mixtral-8x7b": RealPreset(
@@ -182,7 +182,7 @@ REAL_PRESETS: dict[str, RealPreset] = {
         "Offloading' (arXiv 2312.17238): LRU hit ~40-60% with 2 of 8 experts per layer cached, "
         "next-layer-gate speculative loading recall ~0.8-0.9 (read off their figures, so "
         "approximate); with 2 cached = top-2, hit ~= previous-token reuse, so reuse takes "
-        "DESIGN.md's generic 1.5-2.5x.",
+        "docs/architecture.md's generic 1.5-2.5x.",
     ),
     "kimi-k2": RealPreset(
         model="moonshotai/Kimi-K2-Instruct",
@@ -224,7 +224,7 @@ REAL_PRESETS: dict[str, RealPreset] = {
         source="No per-layer LRU figure is published for Kimi K2; the fine-grained 512-expert "
         "top-10 figures (~67% at 12.5%, ~81% at 25%, issue 16) stand in as the closest shape. "
         "At 8 of 384 experts chance reuse is 2%, and 67% LRU hits need far more than "
-        "DESIGN.md's 1.5-2.5x chance, so that generic range is not a target here.",
+        "docs/architecture.md's 1.5-2.5x chance, so that generic range is not a target here.",
     ),
     "qwen3.5-397b-a17b": RealPreset(
         model="Qwen/Qwen3.5-397B-A17B",

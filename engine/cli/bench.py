@@ -23,13 +23,13 @@ from engine.config import EngineConfig
 from engine.errors import CheckpointError, EngineError
 from engine.families import text_config
 from engine.generate import Generation
-from engine.machine import available_ram_bytes, fingerprint
+from engine.measure.machine import fingerprint
+from engine.measure.metrics import Phase, timing
 from engine.pagecache import evict_all
 from engine.shapes import open_for_run
 from engine.store import Store
 from engine.suite import Suite, default_suite_path, load_suite
 
-RESIDENT_RAM_SHARE = 0.8  # load the source in memory only if it needs < 80% of available RAM
 ROOFLINE_MIN_FILE = 16 << 20  # a smaller layer file is measured through a temp file instead
 ROOFLINE_BYTES = 64 << 20
 GB = 1e9
@@ -59,7 +59,7 @@ def bench(
     source: Path | None = None,
 ) -> dict[str, Any]:
     """One bench run -> {"rows", "ratios", "roofline", "machine", "suite", "config"}."""
-    from engine.naive import source_path
+    from engine.measure.naive import source_path
 
     if source is not None and not (source / "config.json").is_file():
         # Asked for by name: skipping its rows silently would hide the typo.
@@ -87,7 +87,7 @@ def bench(
 
 
 def _suite(store: Store, path: Path | None) -> Suite:
-    from engine.run_cmd import has_tokenizer, load_tokenizer
+    from engine.cli.run import has_tokenizer, load_tokenizer
 
     vocab = int(text_config(store.config).get("vocab_size", 0))
     tok = load_tokenizer(store) if has_tokenizer(store) else None
@@ -98,25 +98,13 @@ def _suite(store: Store, path: Path | None) -> Suite:
 
 
 def _run_suite(run: Runner, suite: Suite) -> dict[str, Any]:
-    """Every prompt once; decode tok/s is sustained (each prompt's first warmup tokens excluded)."""
-    ttfts, steady, tokens, prompt_tokens = [], [], 0, 0
+    """Every prompt once; figures as engine.measure.metrics defines them (decode sustained,
+    None when no step is left past the warm-up)."""
     t0 = time.perf_counter()
-    for p in suite.prompts:
-        gen = run(list(p.ids), p.decode_tokens)
-        ttfts.append(gen.ttft_s)
-        tokens += len(gen.tokens)
-        prompt_tokens += len(p.ids)
-        kept = gen.token_s[suite.warmup_tokens :] or gen.token_s  # short runs: keep them all
-        steady.extend(kept)
-    decode_s = sum(steady)
-    return {
-        "wall_s": time.perf_counter() - t0,
-        "ttft_s": sum(ttfts) / len(ttfts),
-        "decode_tok_s": len(steady) / decode_s if decode_s > 0 else 0.0,
-        "decode_tokens_measured": len(steady),
-        "tokens": tokens,
-        "prompt_tokens": prompt_tokens,
-    }
+    gens = [run(list(p.ids), p.decode_tokens) for p in suite.prompts]
+    t = timing(gens, suite.warmup_tokens)
+    keep = ("ttft_s", "decode_tok_s", "decode_tokens_measured", "tokens", "prefill_tokens")
+    return {"wall_s": time.perf_counter() - t0, **{k: t[k] for k in keep}}
 
 
 def _start_memory() -> None:
@@ -129,23 +117,15 @@ def _row(name: str, status: str = "ok", reason: str | None = None, **m: Any) -> 
     return {"name": name, "status": status, "reason": reason, **m}
 
 
-def _source_size(src: Path) -> int:
-    return sum(f.stat().st_size for f in src.glob("*.safetensors"))
-
-
 def _resident_row(src: Path | None, suite: Suite) -> dict[str, Any]:
-    from engine.model import load_reference
+    from engine.model import fits_in_memory, load_reference
 
     name = "mlx-lm resident"
     if src is None or not (src / "config.json").is_file():
         return _row(name, "skipped", _missing_source(src))
-    cfg = json.loads((src / "config.json").read_text())
-    # load_reference computes in float32: 16-bit weights double in RAM.
-    quantized = "quantization" in cfg or "quantization_config" in cfg
-    need = _source_size(src) * (1 if quantized else 2)
-    avail = available_ram_bytes()
-    if avail is not None and need > RESIDENT_RAM_SHARE * avail:
-        return _row(name, "skipped", f"needs {need / GB:.1f} GB, {avail / GB:.1f} GB available")
+    why = fits_in_memory(src)
+    if why is not None:
+        return _row(name, "skipped", why)
     evict_all(src.glob("*.safetensors"))
     _start_memory()
     t0 = time.perf_counter()
@@ -162,7 +142,7 @@ def _resident_row(src: Path | None, suite: Suite) -> dict[str, Any]:
 
 
 def _naive_row(store: Store, src: Path | None, suite: Suite) -> dict[str, Any]:
-    from engine.naive import NaiveStreaming
+    from engine.measure.naive import NaiveStreaming
 
     name = "naive streaming"
     if src is None or not src.is_dir():
@@ -198,11 +178,22 @@ def _config_row(store: Store, config: EngineConfig, suite: Suite) -> dict[str, A
         load_s = time.perf_counter() - t0
         evict_all(engine.files)  # cold: expert bytes come from the disk
         before = engine.counters()
-        m = _run_suite(lambda ids, n: engine.generate(ids, n), suite)
+        prefill, decode = Phase(), Phase()
+
+        def run(ids: list[int], n: int) -> Generation:
+            c0, mark = engine.counters(), {}
+
+            def first(_tok: int) -> None:
+                mark.setdefault("c1", engine.counters())  # prefill ends with the first token
+
+            gen = engine.generate(ids, n, on_token=first)
+            prefill.add(c0, mark["c1"])
+            decode.add(mark["c1"], engine.counters())
+            return gen
+
+        m = _run_suite(run, suite)
         c = engine.counters()
-        d = {
-            k: c[k] - before[k] for k in ("expert_requests", "cache_hits", "bytes_read", "stall_s")
-        }
+        d = {k: c[k] - before[k] for k in ("bytes_read", "stall_s")}
         page = engine.page_cache_bytes()
         peak = mx.get_peak_memory()
     return _row(
@@ -211,7 +202,7 @@ def _config_row(store: Store, config: EngineConfig, suite: Suite) -> dict[str, A
         bytes_read=d["bytes_read"],
         bytes_read_per_token=d["bytes_read"] / m["tokens"],
         stall_s=d["stall_s"],
-        cache_hit_rate=d["cache_hits"] / d["expert_requests"] if d["expert_requests"] else 0.0,
+        cache_hit_rate=decode.cache_hit_rate,
         peak_mlx_bytes=peak,
         page_cache_bytes=page,
         **m,
@@ -248,7 +239,7 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 def _roofline(store: Store, config: EngineConfig, cfg_row: dict[str, Any]) -> dict[str, Any]:
     """Raw cold random reads at the config's read size and parallelism vs what the config got."""
-    from engine.diskbench import make_test_file, measure_read_bandwidth
+    from engine.measure.diskbench import make_test_file, measure_read_bandwidth
 
     chunk = min(config.read_chunk_bytes, store.expert_span)
     threads = config.io_threads

@@ -5,17 +5,18 @@ next-layer-gate recall, from the routes mlx-lm takes on the model's probe suite.
 from __future__ import annotations
 
 import itertools
-import tomllib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from engine.families import Family, family_for, moe_blocks
+from engine.families import Family, family_for, moe_blocks, text_config
+from engine.routes import record_routes
+from engine.suite import Prompt, load_suite
 
 # ---- measurement ---------------------------------------------------------------------------
 
@@ -54,11 +55,11 @@ def reuse_fraction(seqs: list[list[list[int]]]) -> float:
 
 
 def routing_stats(
-    model_dir: str | Path, prompts: list[dict[str, Any]] | None = None, cache_fraction: float = 0.25
+    model_dir: str | Path, prompts: Sequence[Prompt] | None = None, cache_fraction: float = 0.25
 ) -> dict[str, float]:
     """Route the probe suite through the checkpoint in mlx-lm and measure cache-relevant figures.
 
-    prompts: [{"ids": [...], "decode_tokens": N}, ...]; None = the checkpoint's probe_suite.toml.
+    prompts: engine.suite Prompts; None = the checkpoint's probe_suite.toml.
     Returns hit_rate (per-layer LRU holding cache_fraction of experts), reuse (previous-token
     expert reuse), reuse_vs_chance (reuse / (k/E)), next_layer_recall (layer l+1's router on the
     hidden state entering layer l's MoE vs l+1's real experts) and decode_distinct (share of
@@ -98,20 +99,6 @@ class RouteRecord:
     decoded: list[list[int]]  # per prompt: greedy tokens (the prompt's last id first)
 
 
-class _Recorder(nn.Module):
-    """Stands in for a block's `switch_mlp`: calls it and keeps the input and routed ids."""
-
-    def __init__(self, inner: nn.Module, sink: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        super().__init__()
-        self.inner = inner
-        self._sink = sink
-
-    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
-        # x: [B, L, H] MoE input, indices: [B, L, k]
-        self._sink.append((np.array(x.astype(mx.float32)), np.array(indices)))
-        return self.inner(x, indices)
-
-
 def _route(family: Family, block: nn.Module, x: mx.array) -> np.ndarray:
     """Expert ids block's own router picks for x: [N, H] -> [N, k]."""
     if family.model_type == "deepseek_v3":
@@ -121,25 +108,19 @@ def _route(family: Family, block: nn.Module, x: mx.array) -> np.ndarray:
     return np.array(mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k])
 
 
-def load_suite(model_dir: Path) -> list[dict[str, Any]]:
-    with open(model_dir / "probe_suite.toml", "rb") as f:
-        return list(tomllib.load(f)["prompts"])
-
-
-def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None) -> RouteRecord:
+def record_routing(model_dir: Path, prompts: Sequence[Prompt] | None = None) -> RouteRecord:
     """Prefill + greedy decode each prompt in mlx-lm, recording every MoE layer's routes."""
     from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.utils import load_model
 
-    prompts = prompts if prompts is not None else load_suite(model_dir)
     model, config = load_model(model_dir, lazy=True, strict=True)
+    if prompts is None:
+        vocab = int(text_config(config)["vocab_size"])
+        prompts = load_suite(model_dir / "probe_suite.toml", vocab_size=vocab).prompts
     model.set_dtype(mx.float32)  # mlx CPU gather_mm runs float32 only; routing is unchanged
     family = family_for(config)
     blocks = moe_blocks(model)
-    sinks: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for layer, _, block in blocks:
-        sinks[layer] = []
-        block.switch_mlp = _Recorder(block.switch_mlp, sinks[layer])
+    sinks = record_routes(model, keep_inputs=True)
     layers = [b[0] for b in blocks]
     routes: list[dict[int, list[list[int]]]] = []
     hits = total = 0
@@ -150,16 +131,16 @@ def record_routing(model_dir: Path, prompts: list[dict[str, Any]] | None = None)
         for s in sinks.values():
             s.clear()
         cache = make_prompt_cache(model)
-        ids = mx.array(prompt["ids"])[None]
+        ids = mx.array(prompt.ids)[None]
         decoded: list[int] = []
-        for _ in range(int(prompt.get("decode_tokens", 0)) + 1):
+        for _ in range(prompt.decode_tokens + 1):
             logits = model(ids, cache=cache)
             nxt = int(mx.argmax(logits[0, -1]).item())
             decoded.append(nxt)
             ids = mx.array([[nxt]])
         decoded = decoded[:-1]  # the last token was predicted but never fed back
         distinct.append(len(set(decoded)) / max(len(decoded), 1))
-        decoded_all.append([int(prompt["ids"][-1]), *decoded])
+        decoded_all.append([int(prompt.ids[-1]), *decoded])
         per_layer: dict[int, list[list[int]]] = {}
         xs: dict[int, np.ndarray] = {}
         for layer in layers:

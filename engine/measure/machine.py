@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from engine.procstats import ram_bytes
+
 PACKAGES = ("mlx", "mlx-lm", "numpy", "optuna")
 DISK_PROBE_BYTES = 64 << 20  # big enough to leave the drive's own cache, small enough for 2 cores
 DISK_CACHE_TTL_S = 24 * 3600
@@ -34,7 +36,7 @@ def fingerprint(disk_path: Path | None = None, measure_disk: bool = True) -> dic
     fp: dict[str, Any] = {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "ram_bytes": _ram_bytes(),
+        "ram_bytes": ram_bytes(),
         "os": platform.system(),
         "kernel": platform.release(),
         "machine": platform.machine(),
@@ -65,30 +67,6 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _ram_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def available_ram_bytes() -> int | None:
-    """RAM a new allocation could get now (MemAvailable), for "does the model fit" checks."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return _ram_bytes()
-
-
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -101,7 +79,7 @@ def package_versions() -> dict[str, str | None]:
 
 def git_revision() -> str | None:
     """HEAD of the repo this package lives in (+'-dirty'), None outside a git checkout."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
@@ -213,8 +191,8 @@ def disk_bandwidth(path: Path, device: str | None = None) -> float | None:
 
 
 def _measure(path: Path) -> float | None:
-    from engine.diskbench import make_test_file, measure_read_bandwidth
     from engine.errors import EngineError
+    from engine.measure.diskbench import make_test_file, measure_read_bandwidth
 
     where = path if path.is_dir() else path.parent
     while not where.exists() and where != where.parent:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.synth_routing import RoutingPlan, depth_scale, lru_hit_rate, reuse_fraction
+from engine.synth.routing import RoutingPlan, depth_scale, lru_hit_rate, reuse_fraction
 
 # Rms each layer adds to the residual stream per unit of the `drift` knob, relative to the
 # embedding (rms 1), for a top-8 model. Fitted so this estimate matches mlx-lm's figures on

@@ -1,4 +1,4 @@
-"""Planted routing structure for synthetic checkpoints (measured by `engine.synth_measure`).
+"""Planted routing structure for synthetic checkpoints (measured by `engine.synth.measure`).
 
 The residual stream of a synthetic model is dominated by the token embedding (layers add small
 `drift`-scaled perturbations), so a router sees roughly its token's embedding:
@@ -28,10 +28,9 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.families import family_for
 
-# The measuring half lives in engine.synth_measure; these names stay importable from here.
-from engine.synth_measure import (  # noqa: F401
+# The measuring half lives in engine.synth.measure; these names stay importable from here.
+from engine.synth.measure import (  # noqa: F401
     RouteRecord,
-    load_suite,
     lru_hit_rate,
     record_routing,
     reuse_fraction,
@@ -41,7 +40,7 @@ from engine.synth_measure import (  # noqa: F401
 
 @dataclass(frozen=True)
 class RoutingKnobs:
-    """Tunable routing structure; defaults land on the DESIGN.md targets."""
+    """Tunable routing structure; defaults land on the targets in docs/architecture.md."""
 
     # Weight of the per-expert log-Zipf popularity in the router logits (0 = no skew).
     skew: float = 0.8

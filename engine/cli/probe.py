@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.run import has_tokenizer, load_config, load_tokenizer
 from engine.errors import ProbeError
 from engine.families import text_config
-from engine.machine import fingerprint
-from engine.probe import METRICS, probe
-from engine.reference import get_reference
-from engine.run_cmd import has_tokenizer, load_config, load_tokenizer
+from engine.measure.machine import fingerprint
+from engine.measure.probe import METRICS, probe
+from engine.measure.reference import get_reference
 from engine.shapes import open_for_run
 from engine.suite import default_suite_path, load_suite
 

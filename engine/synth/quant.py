@@ -20,10 +20,10 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from engine.families import FAMILIES, build_skeleton
-from engine.synth_write import ST_CODES, Group, Put, TensorSpec, row_chunks
+from engine.synth.write import ST_CODES, Group, Put, TensorSpec, row_chunks
 
 if TYPE_CHECKING:
-    from engine.synth import TensorMaker
+    from engine.synth.hf import TensorMaker
 
 _DTYPE = mx.bfloat16  # convert's dtype: the HF checkpoint's torch_dtype
 _MX = {code: dtype for dtype, code in ST_CODES.items()}
@@ -51,7 +51,7 @@ def quantized_groups(
     config: dict[str, Any], make: TensorMaker, bits: int, group_size: int
 ) -> tuple[list[Group], dict[str, Any]]:
     """The checkpoint's tensors as write groups (file order), and its config.json."""
-    from engine.synth import _LAYER, is_vocab_tensor, tensor_plan, vocab_block
+    from engine.synth.hf import _LAYER, is_vocab_tensor, tensor_plan, vocab_block
 
     model, qconfig = quantized_skeleton(config, bits, group_size)
     fam = FAMILIES[config["model_type"]]

@@ -1,0 +1,1 @@
+"""Synthetic MoE checkpoints: real layouts, random weights, planted routing structure."""

@@ -59,7 +59,7 @@ ROWS = {
 
 def ensure_store(preset: str, layers: int, keep_checkpoint: bool) -> Store:
     from engine.pack import pack
-    from engine.synth import synthesize
+    from engine.synth.hf import synthesize
 
     src = BENCH_DIR / f"{preset}-L{layers}-q4"
     dst = BENCH_DIR / f"{preset}-L{layers}-q4-store"

@@ -33,7 +33,13 @@ from engine.model import (
 )
 from engine.pagecache import PageCacheBudget, evict, resident_bytes_many
 from engine.prefetch import Prefetcher
-from engine.procstats import current_rss, disk_read_bytes, peak_rss, reset_peak_rss
+from engine.procstats import (
+    current_rss,
+    disk_read_bytes,
+    peak_rss,
+    reset_peak_rss,
+    return_large_frees_to_os,
+)
 from engine.provider import ExpertProvider
 from engine.reader import ExpertReader
 from engine.store import Store
@@ -103,6 +109,7 @@ class Engine:
         path = resolve_compute_path(config.compute_path)
         dense_cpu = path == "cpu"
         dtype = compute_dtype(config.compute_dtype)
+        return_large_frees_to_os()  # freed read buffers must leave RSS (see procstats)
         if config.memory_budget_bytes is not None or config.expert_memory_fraction is not None:
             # MLX keeps freed buffers for reuse; under a budget that cache is bounded and
             # counted, from the load on (swapping in the CPU linears frees the loaded copies).
@@ -205,6 +212,19 @@ class Engine:
             )
         return data
 
+    @functools.cached_property
+    def working_bytes(self) -> int:
+        """RAM a step needs beyond the cache: a layer's experts in their slots, plus reads in
+        flight (each staged or demand read holds its repacked copy until placed, and each
+        reader thread one expert's raw bytes)."""
+        cfg = self.config
+        staging = (
+            cfg.prefetch_depth * (cfg.prefetch_width or self.top_k) if cfg.prefetch != "none" else 0
+        )
+        in_flight = (self.top_k + staging) * self.entry_bytes
+        in_flight += min(cfg.io_threads, self.top_k + staging) * self.store.expert_span
+        return self.top_k * self.entry_bytes + in_flight
+
     def _budget(self) -> tuple[int, int | None]:
         """(engine cache bytes, page-cache allowance) under the memory budget; sets
         self.memory_budget (memory_budget_bytes, or the one expert_memory_fraction defines)."""
@@ -229,10 +249,7 @@ class Engine:
             self.memory_budget = int(model_min + reserve + cfg.expert_memory_fraction * experts)
         budget = self.memory_budget
         assert budget is not None
-        staging = (
-            cfg.prefetch_depth * (cfg.prefetch_width or self.top_k) if cfg.prefetch != "none" else 0
-        )
-        working = (self.top_k + staging) * self.entry_bytes  # one layer's experts + staged reads
+        working = self.working_bytes
         # A buffered/mmap read caches at least the expert it reads: reserve it, not overdraw.
         floor = self.store.expert_span if cfg.io_mode != "direct" else 0
         minimum = base + working + floor + reserve
@@ -245,7 +262,7 @@ class Engine:
             raise MemoryBudgetError(
                 f"{what} is below the minimum "
                 f"{minimum:,} this store needs (process with dense weights {base:,} + one "
-                f"layer's experts and staged reads {working:,} + page cache {floor:,} + "
+                f"layer's experts and reads in flight {working:,} + page cache {floor:,} + "
                 f"runtime {reserve:,}); raise the budget, or use a smaller quant_bits store"
             )
         headroom = budget - minimum

@@ -88,7 +88,7 @@ def test_memory_budget_shrinks_the_cache_and_bounds_page_cache(
         if pagecache.resident_bytes_many(files) > store.expert_span * len(files):
             pytest.skip(f"{dst}: filesystem keeps pages after FADV_DONTNEED")
         with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
-            base = probe_engine.entry_bytes * probe_engine.top_k
+            base = probe_engine.working_bytes
         from engine.runtime import current_rss, runtime_reserve
 
         reserve = runtime_reserve(int(store.config["vocab_size"]))
@@ -285,7 +285,7 @@ def test_budget_split_never_exceeds_the_budget(
     base = 200 << 20
     monkeypatch.setattr(runtime, "current_rss", lambda: base)
     with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
-        working = probe_engine.entry_bytes * probe_engine.top_k
+        working = probe_engine.working_bytes
     for extra in (0, store.expert_span // 2, 3 * store.expert_span):
         reserve = runtime.runtime_reserve(int(store.config["vocab_size"]))
         budget = base + working + store.expert_span + reserve + extra

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import EngineConfig  # noqa: E402
 from engine.measure.diskbench import measure_read_bandwidth  # noqa: E402
-from engine.pagecache import evict_all, resident_bytes_many  # noqa: E402
 from engine.measure.probe import store_files  # noqa: E402
+from engine.pagecache import evict_all, resident_bytes_many  # noqa: E402
 from engine.store import Store  # noqa: E402
 from engine.suite import load_suite  # noqa: E402
 

@@ -68,8 +68,14 @@ def test_cache_and_wrong_guesses_hand_checked() -> None:
 @pytest.mark.parametrize(
     ("knobs", "message"),
     [
-        ({"prefetch": "next_layer", "prefetch_depth": RANK_DEPTH + 1}, f"prefetch_depth = {RANK_DEPTH + 1}"),
-        ({"prefetch": "previous_token", "prefetch_width": RANK_WIDTH + 1}, "prefetch_width = 33"),
+        (
+            {"prefetch": "next_layer", "prefetch_depth": RANK_DEPTH + 1},
+            f"prefetch_depth = {RANK_DEPTH + 1}",
+        ),
+        (
+            {"prefetch": "previous_token", "prefetch_width": RANK_WIDTH + 1},
+            f"prefetch_width = {RANK_WIDTH + 1}",
+        ),
     ],
 )
 def test_knobs_past_what_a_trace_ranks_are_refused(knobs: dict, message: str) -> None:

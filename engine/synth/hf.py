@@ -7,8 +7,9 @@ HF's `kv_b_proj`. Tensors are generated per name from a seeded RNG (order-indepe
 are byte-identical for a seed) and streamed into shards a block of rows at a time
 (`engine.synth.write`: bounded RAM), into a temp dir renamed into place at the end. With
 `quantize` the checkpoint is written in mlx-community's quantized layout instead
-(`engine.synth.quant`). Presets live in `engine.synth.presets`, the planted routing structure in
-`engine.synth.routing`.
+(`engine.synth.quant`). Families whose HF names are unknown here (e.g. qwen3.5's `qwen3_5_moe`)
+are written in mlx-community layout, bf16 or quantized (`engine.synth.stacked`). Presets live
+in `engine.synth.presets`, the planted routing structure in `engine.synth.routing`.
 """
 
 from __future__ import annotations

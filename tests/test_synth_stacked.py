@@ -226,3 +226,19 @@ def test_a_tensor_without_a_rule_is_refused(
     ):
         synthesize(tmp_path / "q", preset=NAME, layers=4, quantize=4)
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_synth_cli_builds_the_preset_at_8_bits(
+    small_preset: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "q8"
+    argv = ["synth", str(out), "--preset", NAME, "--family", "qwen3_5_moe", "--layers", "4"]
+    assert main([*argv, "--quantize", "8", "--progress", "off"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8 and config["synth"]["layers"] == 4
+    assert config["full_attention_interval"] == 4  # the published 3:1 pattern, kept
+    model = load_reference(out)
+    logits = model(mx.array([PROMPT]))
+    assert logits.shape == (1, len(PROMPT), 512) and bool(mx.all(mx.isfinite(logits)))
+    assert main(["synth", str(tmp_path / "x"), "--preset", NAME, "--layers", "2"]) == 1
+    assert "needs at least 4 layers" in capsys.readouterr().err

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
+import engine.synth.hf as hf
 import engine.synth.stacked as stacked
 from engine.cli import main
 from engine.config import EngineConfig
@@ -55,6 +56,22 @@ SMALL = {
     "vocab_size": 512,
 }
 LAYERS = 5  # DeltaNet x3, full attention, DeltaNet: both kinds, and a cut mid-pattern
+
+
+@pytest.fixture(scope="module", autouse=True)
+def never_the_real_shape() -> Iterator[None]:
+    """A test that would write the real shape (gigabytes: a monkeypatch gone missing) fails
+    before the first byte instead of filling the disk."""
+    write = hf.write_shards
+
+    def small_only(out: Path, groups: list, *args: object, **kw: object) -> dict:
+        total = sum(g.nbytes for g in groups)
+        assert total < 64 << 20, f"a test tried to write {total / 1e9:.1f} GB"
+        return write(out, groups, *args, **kw)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hf, "write_shards", small_only)
+        yield
 
 
 @pytest.fixture

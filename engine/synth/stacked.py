@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 # Whole-tensor generator: () -> float values of the parameter's (unquantized) shape.
 Make = Callable[[], mx.array]
+# Per-expert generator: e -> float values of expert e's slice of a stacked parameter.
+Expert = Callable[[int], mx.array]
 
 
 def stacked_groups(
@@ -97,9 +99,11 @@ def stacked_groups(
         elif isinstance(module, SwitchLinear):
             per_expert = _expert_rule(name, shape[1:], module, attr, make)
 
-            def fill(put: Put, name: str = name, n: int = shape[0], gen=per_expert) -> None:
+            def fill(
+                put: Put, name: str = name, n: int = shape[0], expert: Expert = per_expert
+            ) -> None:
                 for e in range(n):
-                    emit(put, name, e, gen(e), stacked=True)
+                    emit(put, name, e, expert(e), stacked=True)
 
         else:
             gen = _rule(name, shape, module, attr, make, routers)
@@ -193,7 +197,7 @@ def _rule(
 
 def _expert_rule(
     name: str, shape: tuple[int, ...], module: nn.Module, attr: str, make: TensorMaker
-) -> Callable[[int], mx.array]:
+) -> Expert:
     """Expert e's slice of a stacked projection, named and generated as the HF path's expert."""
     path = name.rsplit(".", 1)[0]
     experts, proj = path.rsplit(".", 1)

@@ -10,7 +10,6 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
-from engine import families
 from engine.cli import main
 from engine.errors import CheckpointError
 from engine.synth.hf import make_config, synthesize, tensor_plan
@@ -94,23 +93,6 @@ def test_quantized_layout_at_real_shape_without_building_weights() -> None:
     assert (s.shape, s.dtype) == ((128, 768, 2048 // 64), mx.bfloat16)
     assert qcfg["quantization"]["bits"] == 4 and qcfg["quantization"]["group_size"] == 64
     assert qcfg["quantization"]["model.layers.0.mlp.gate"]["bits"] == 8  # qwen3_moe's router
-
-
-def test_qwen35_entry_is_refused_until_its_family_runs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    spec = REAL_PRESETS["qwen3.5-397b-a17b"]
-    c = spec.config
-    assert (c["hidden_size"], c["num_experts"], c["num_experts_per_tok"]) == (4096, 512, 10)
-    assert (c["moe_intermediate_size"], c["shared_expert_intermediate_size"]) == (1024, 1024)
-    assert (c["num_hidden_layers"], c["vocab_size"]) == (60, 248320)
-    with pytest.raises(CheckpointError, match="cannot write qwen3_5_moe at real shape"):
-        synthesize(tmp_path / "q", preset="qwen3.5-397b-a17b")
-    assert not list(tmp_path.iterdir())
-    # Enabling it later is the family's registration alone; the entry needs no edit.
-    monkeypatch.setitem(families.FAMILIES, "qwen3_5_moe", families.FAMILIES["qwen3_moe"])
-    cfg = make_config(None, "qwen3.5-397b-a17b", layers=4)
-    assert cfg["model_type"] == "qwen3_5_moe" and cfg["synth"]["published_layers"] == 60
 
 
 def test_bad_preset_arguments_are_refused(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     models. Toy presets (need --family): tiny (tests, a few MB), small (demo, ~400 MB), bench
     (GBs, I/O-bound). Real-shape presets carry a published model's per-layer shapes and routing
     calibrated to its published cache figures: qwen3-30b-a3b, olmoe-1b-7b, mixtral-8x7b,
-    kimi-k2, qwen3.5-397b-a17b (once its family runs); use --layers to fit a disk.
+    kimi-k2, qwen3.5-397b-a17b (mlx-community layout); use --layers to fit a disk.
     --quantize 4|8 writes mlx-community's quantized layout (as `mlx_lm convert -q` would),
     layer by layer in bounded RAM.
     Any family `families` lists as streaming can be built at tiny size (mlx-community layout, or
@@ -139,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
         "--family", choices=list(SYNTH_FAMILIES), help="architecture (toy presets; required)"
     )
     sp.add_argument("--preset", default="tiny", choices=list(ALL_PRESETS))
-    sp.add_argument("--layers", type=int, help="keep this many layers (default: all)")
+    sp.add_argument(
+        "--layers",
+        type=int,
+        help="keep this many layers (default: all; qwen3.5-397b-a17b: >= 4, one full-attention "
+        "layer per 4)",
+    )
     sp.add_argument(
         "--quantize", type=int, choices=list(QUANT_BITS), help="write mlx-community's N-bit layout"
     )

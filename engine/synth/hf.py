@@ -7,8 +7,9 @@ HF's `kv_b_proj`. Tensors are generated per name from a seeded RNG (order-indepe
 are byte-identical for a seed) and streamed into shards a block of rows at a time
 (`engine.synth.write`: bounded RAM), into a temp dir renamed into place at the end. With
 `quantize` the checkpoint is written in mlx-community's quantized layout instead
-(`engine.synth.quant`). Presets live in `engine.synth.presets`, the planted routing structure in
-`engine.synth.routing`.
+(`engine.synth.quant`). Families whose HF names are unknown here (e.g. qwen3.5's `qwen3_5_moe`)
+are written in mlx-community layout, bf16 or quantized (`engine.synth.stacked`). Presets live
+in `engine.synth.presets`, the planted routing structure in `engine.synth.routing`.
 """
 
 from __future__ import annotations
@@ -167,9 +168,10 @@ def make_config(
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 # Layers add these to the residual stream: scaled by `drift` so the embedding dominates.
-_OUTPUT_PROJ = re.compile(r"(o_proj|down_proj|\.w2)\.weight$")
-# Attention mixes earlier tokens into the stream, which correlates consecutive tokens' routes
-# beyond the planted topic persistence; it gets a smaller share of the drift.
+_OUTPUT_PROJ = re.compile(r"(o_proj|out_proj|down_proj|\.w2)\.weight$")
+# Attention (and Gated DeltaNet's out_proj) mixes earlier tokens into the stream, which correlates
+# consecutive tokens' routes beyond the planted topic persistence; it gets a smaller share of
+# the drift.
 _ATTN_SHARE = 0.25
 # A shared expert is a second MLP output per layer; halving it keeps a layer's total drift (and
 # so routing noise) comparable to families without one.
@@ -237,7 +239,7 @@ class TensorMaker:
         std = 1.0 / np.sqrt(shape[-1])
         if _OUTPUT_PROJ.search(name) or name.endswith("shared_expert_gate.weight"):
             std *= self.drift
-            if "o_proj" in name:
+            if "o_proj" in name or "out_proj" in name:
                 std *= _ATTN_SHARE
             elif "shared_expert" in name:
                 std *= _SHARED_SHARE
@@ -342,7 +344,12 @@ def synthesize(
         raise StoreExists(f"{out}: already exists; pass --force to replace it")
     knobs = RoutingKnobs(**{k: v for k, v in config["synth"].items() if k in _KNOB_FIELDS})
     make = TensorMaker(config, seed, knobs)
-    if quantize is None:
+    if config["model_type"] not in FAMILIES:  # HF names unknown: mlx-community layout
+        from engine.synth.stacked import stacked_groups
+
+        groups, out_config = stacked_groups(config, make, quantize, group_size)
+        meta = {"format": "mlx"}
+    elif quantize is None:
         groups, meta, out_config = _hf_groups(tensor_plan(config), make), {"format": "pt"}, config
     else:
         from engine.synth.quant import quantized_groups
@@ -361,7 +368,7 @@ def synthesize(
         with progress_bar(show, total, f"synth {preset}") as advance:
             index = write_shards(tmp, groups, _check_preset(preset).shard_bytes, meta, advance)
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        if quantize is None:
+        if meta["format"] == "pt":
             (tmp / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
         else:  # mlx-lm's own writer: sorted keys, quantization_config mirrored, as convert does
             from mlx_lm.utils import save_config

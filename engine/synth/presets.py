@@ -3,9 +3,9 @@
 A real-shape preset is data: the published model's own config.json keys (every per-layer shape
 as released), the routing knobs calibrated to published cache figures for that model, and the
 figures themselves with their source (`benchmarks/routing_stats.py` prints ours beside them).
-A preset whose family the engine cannot run yet is refused by name; registering the family in
-`engine.families.FAMILIES` enables it, the entry below needs no edit (qwen3.5-397b-a17b waits
-for `qwen3_5_moe`; its Gated DeltaNet tensors will get synth's generic random init).
+A preset whose family the engine cannot stream is refused by name. Families with known HF
+expert names are written in HF layout (`engine.synth.hf`), the others (qwen3.5-397b-a17b's
+`qwen3_5_moe`) in mlx-community layout from mlx-lm's skeleton (`engine.synth.stacked`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import CheckpointError
-from engine.families import FAMILIES
+from engine.families import family_for
 from engine.synth.routing import RoutingKnobs
 
 
@@ -280,11 +280,11 @@ def real_config(
         raise CheckpointError(
             f"preset {name} is a {spec.family} model; drop --family or pass --family {spec.family}"
         )
-    if runnable and spec.family not in FAMILIES:
+    if runnable and not streams(spec.family):
         raise CheckpointError(
-            f"preset {name}: synth cannot write {spec.family} at real shape yet (its writer "
-            f"knows the HF names of {', '.join(FAMILIES)} only; the family itself streams: "
-            f"`synth --family {spec.family}` builds its tiny model); pick another preset"
+            f"preset {name}: the engine cannot stream {spec.family} models (mlx-lm has no "
+            "stacked experts for it; `python -m engine families` lists those that stream); "
+            "pick another preset"
         )
     cfg: dict[str, Any] = {
         **spec.config,
@@ -310,6 +310,17 @@ def real_config(
     return cfg
 
 
+def streams(family: str) -> bool:
+    """Whether the engine streams `family` (mlx-lm has stacked experts for it)."""
+    from engine.errors import UnsupportedModel
+
+    try:
+        family_for({"model_type": family})
+    except UnsupportedModel:
+        return False
+    return True
+
+
 def check_layers(preset: str, cfg: dict[str, Any], layers: int) -> None:
     first_moe = int(cfg.get("first_k_dense_replace", 0))
     if isinstance(layers, bool) or not isinstance(layers, int) or layers <= first_moe:
@@ -317,4 +328,14 @@ def check_layers(preset: str, cfg: dict[str, Any], layers: int) -> None:
         raise CheckpointError(
             f"--layers {layers}: preset {preset} needs at least {first_moe + 1} layer(s){why} "
             "so the model has an MoE layer"
+        )
+    # Hybrid models (qwen3_next, qwen3_5_moe): layer i is full attention when (i + 1) % interval
+    # == 0, the others Gated DeltaNet. mlx-lm's model needs one of each kind; cutting below the
+    # interval would also drop the published 3:1 pattern, so the interval is kept and N bounded.
+    interval = int(cfg.get("full_attention_interval", 1))
+    if layers < interval:
+        raise CheckpointError(
+            f"--layers {layers}: preset {preset} needs at least {interval} layers (its layers "
+            f"run {interval - 1} Gated DeltaNet : 1 full attention, and layer {interval} is "
+            f"the first full-attention one); any N >= {interval} keeps that pattern"
         )

@@ -29,12 +29,9 @@ _DTYPE = mx.bfloat16  # convert's dtype: the HF checkpoint's torch_dtype
 _MX = {code: dtype for dtype, code in ST_CODES.items()}
 
 
-def quantized_skeleton(
-    config: dict[str, Any], bits: int, group_size: int
-) -> tuple[nn.Module, dict[str, Any]]:
-    """mlx-lm's model for `config` after convert's cast + quantize (lazy), and its config.json."""
-    from mlx_lm.utils import quantize_model
-
+def cast_skeleton(config: dict[str, Any]) -> nn.Module:
+    """mlx-lm's model for `config` (lazy) cast as convert casts it: bf16, except the parameters
+    the model's `cast_predicate` keeps (e.g. Gated DeltaNet's A_log stays float32)."""
     model = build_skeleton(config)
     cast = getattr(model, "cast_predicate", lambda _k: True)
 
@@ -42,6 +39,16 @@ def quantized_skeleton(
         return v.astype(_DTYPE) if cast(k) and mx.issubdtype(v.dtype, mx.floating) else v
 
     model.update(tree_map_with_path(set_dtype, model.parameters()))
+    return model
+
+
+def quantized_skeleton(
+    config: dict[str, Any], bits: int, group_size: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """mlx-lm's model for `config` after convert's cast + quantize (lazy), and its config.json."""
+    from mlx_lm.utils import quantize_model
+
+    model = cast_skeleton(config)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints bits-per-weight
         model, qconfig = quantize_model(model, config, group_size, bits)
     return model, qconfig

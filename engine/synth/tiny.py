@@ -169,7 +169,9 @@ def synthesize_family(
     families, mlx for the others. layers/quantize/group_size: engine.synth.hf's."""
     from engine.synth import hf as synth
 
-    if (family is None or family in synth.SYNTH_FAMILIES) and layout in (None, "hf"):
+    real = preset in synth.REAL_PRESETS and layout is None  # names its family and layout
+    known = family is None or family in synth.SYNTH_FAMILIES
+    if real or (known and layout in (None, "hf")):
         return synth.synthesize(
             out, family, preset, seed, force, knobs, progress,
             layers=layers, quantize=quantize, group_size=group_size,

@@ -16,7 +16,9 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-POLICIES = ("lru", "lfu", "pinned")
+from engine.contract import KNOBS
+
+POLICIES = KNOBS["cache_policy"].choices
 Key = Hashable  # (layer, expert) in the engine
 
 

@@ -23,6 +23,7 @@ import mlx.nn as nn
 import tomli_w
 from mlx.utils import tree_flatten
 
+from engine import contract
 from engine.errors import CheckpointError, StoreExists, UnsupportedModel
 from engine.families import _router, build_skeleton, experts_count, get_experts, moe_blocks
 from engine.synth import probe_suite, write_tokenizer
@@ -146,8 +147,9 @@ def synthesize(
     return out
 
 
-# Every family `engine synth` builds (HF layout for engine.synth's, mlx layout for the rest).
-SYNTH_FAMILIES = tuple(TINY)
+# Every family `engine synth` builds (HF layout for engine.synth's, mlx layout for the rest):
+# engine/contract.py reads them from the same data file without importing MLX.
+SYNTH_FAMILIES = contract.SYNTH_FAMILIES
 
 
 def synthesize_family(

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from engine.cliutil import Handler, add_command, dispatch
+from engine.api import Handler, add_command, dispatch
 from engine.errors import EngineError
 
 

@@ -18,7 +18,8 @@ from test_autoresearch_helpers import REPO, SPACES
 
 from autoresearch.errors import AutoresearchError, StudyFileError
 from autoresearch.space import load_space
-from autoresearch.study_file import KEYS, METRICS, load_study_file
+from autoresearch.study_file import KEYS, load_study_file
+from engine.contract import METRICS
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DEMO = (REPO / "studies" / "demo.toml").read_text()

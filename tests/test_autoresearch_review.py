@@ -104,8 +104,15 @@ def test_ctrl_c_mid_suggest_requeues_the_exact_baseline(
     assert run_study(spec, n_trials=1).interrupted
     retry = _load(p).trials[1]
     assert retry.state == TrialState.WAITING and retry.user_attrs["baseline"] is True
-    # The retry must be the engine default again, not a fresh sample of the baseline's knobs.
-    assert retry.system_attrs["fixed_params"] == spec.space.baseline_params()
+    monkeypatch.undo()
+    run_study(spec, n_trials=1)
+    # The retry measured the engine default again, not a fresh sample of the baseline's knobs.
+    ran = _load(p).trials[1]
+    assert ran.state == TrialState.COMPLETE and ran.user_attrs["retry_of"] == 0
+    assert ran.params == spec.space.baseline_params() != {}
+    budget = ("memory_budget_bytes", "expert_memory_fraction")  # the study's, not a knob
+    knobs = {k: v for k, v in ran.user_attrs["config"].items() if k not in budget}
+    assert knobs == EngineConfig().to_dict()
 
 
 def _abandoned_trial(study: optuna.Study, pid: int) -> int:
@@ -213,17 +220,18 @@ def test_failed_baseline_is_measured_again_by_the_next_run(
 
 
 def test_every_family_the_engine_synthesizes_is_allowed(tmp_path: Path) -> None:
-    from autoresearch.study_file import SYNTH_FAMILIES
-    from engine.synth import SYNTH_FAMILIES as HF_FAMILIES
-    from engine.synth_generic import SYNTH_FAMILIES as ENGINE_FAMILIES
+    from engine.synth_generic import make_config, synth_families
 
-    assert set(SYNTH_FAMILIES) == set(ENGINE_FAMILIES) >= set(HF_FAMILIES)
-    for family in ("olmoe", "qwen3_5_moe", "gpt_oss"):
-        p = tmp_path / "s.toml"
+    p = tmp_path / "s.toml"
+    for family in synth_families():  # each family the engine has a tiny config for
+        make_config(family)  # ... and can build
         p.write_text(
             f'[study]\nspace = "{SPACES / "io.toml"}"\n[model]\nsynth = {{ family = "{family}" }}\n'
         )
         assert load_study_file(p).synth == {"family": family, "preset": "tiny", "seed": 0}
+    p.write_text(p.read_text().replace(f'"{family}"', '"qwen9_moe"'))
+    with pytest.raises(StudyFileError, match=r"model\.synth\.family must be one of"):
+        load_study_file(p)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ from autoresearch.space import Space
 from engine import contract
 
 # The metrics objectives and constraints may name, the families and presets model.synth may
-# name: engine/contract.py's, never copied here.
-METRICS, FAMILIES, PRESETS = contract.METRICS, contract.SYNTH_FAMILIES, contract.SYNTH_PRESETS
+# name: engine/contract.py's, never copied here. (Tuples: a TOML value may be unhashable.)
+METRICS = tuple(contract.METRICS)
+FAMILIES, PRESETS = contract.SYNTH_FAMILIES, contract.SYNTH_PRESETS
 # Speed, memory, quality: each in the direction the contract says is better.
 DEFAULT_OBJECTIVES = tuple(
     (m, str(contract.METRICS[m].direction)) for m in ("decode_tok_s", "memory_bytes", "kl_mean")

@@ -76,6 +76,10 @@ STAND_IN = textwrap.dedent(
          "latency_max_s bytes_read_per_token cache_hit_rate prefetch_precision prefetch_recall "
          "io_stall_fraction peak_rss_bytes page_cache_bytes memory_bytes kl_mean "
          "top1_agreement tokens").split()}
+    if kind == "scaled":  # figures that follow the config: ratios and fronts can move
+        import tomllib
+        threads = tomllib.loads(pathlib.Path(sys.argv[4]).read_text())["engine"]["io_threads"]
+        m.update(decode_tok_s=10.0 * threads, memory_bytes=1e6 * threads)
     m.update(cold=True, config={}, machine={"cpu": "stand-in"}, engine_version="0",
              spread={"decode_tok_s": 0.1}, samples={"decode_tok_s": [0.9, 1.0, 1.1]})
     print("some log line")
@@ -167,8 +171,12 @@ def _attrs(store: Path, decode: float, mem: float, cfg: EngineConfig) -> dict[st
     }
 
 
-def build(d: Path, store: Path, n: int = len(TRIALS), failures: bool = True) -> StudySpec:
-    spec = load_study_file(write_study(d, store=store, kind="ok"))
+def build(
+    d: Path, store: Path, n: int = len(TRIALS), failures: bool = True, kind: str = "ok"
+) -> StudySpec:
+    """A stored study of TRIALS[:n] (+ an infeasible and three failed trials); `kind`: the
+    stand-in probe that confirm would run (`ok`: 1.0 everywhere, `scaled`: per io_threads)."""
+    spec = load_study_file(write_study(d, store=store, kind=kind))
     study = open_study(spec)
     study.set_user_attr("machine", {"id": "m1", "cpu_model": "test cpu", "cpu_count": 2})
     study.set_user_attr("noise_floor", {"decode_tok_s": {"spread": 2.0, "relative": 0.02}})

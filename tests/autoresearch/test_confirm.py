@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+from ar_helpers import build
 from optuna.trial import TrialState
 
 from autoresearch.cli import main
@@ -16,8 +18,11 @@ from autoresearch.results import load_results
 from autoresearch.study_file import StudySpec
 
 
-def test_confirm_changes_medians_keeps_samples(spec: StudySpec, tmp_path: Path) -> None:
-    """The study's stand-in probe reports 1.0 for every metric: re-measured medians move."""
+def test_confirm_changes_medians_keeps_samples(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    """The stand-in measures decode_tok_s = 10 x io_threads: trials 1, 2, 3 run 8, 2 and 4
+    threads, the baseline 4, so the re-measured medians and ratios are known by hand."""
+    spec = build(tmp_path / "s", tiny[1], kind="scaled")
+    threads = {1: 8, 2: 2, 3: 4}
     before = {
         t.number: t.user_attrs["samples"]
         for t in load_results(spec).study.trials
@@ -26,18 +31,24 @@ def test_confirm_changes_medians_keeps_samples(spec: StudySpec, tmp_path: Path) 
     summary = confirm_study(spec, repeats=2, note=lambda _s: None)
     assert {1, 2, 3} <= set(summary.trials) and summary.failures == []
     res = load_results(spec)
-    for n in (1, 2, 3):
+    for n, k in threads.items():
         rec = res.study.user_attrs[f"confirmed_trial_{n}"]
-        assert rec["metrics"]["decode_tok_s"] == 1.0 != rec["before"]["decode_tok_s"]
-        assert rec["samples"]["decode_tok_s"] == [1.0, 1.0] and rec["repeats"] == 2
-        assert rec["ratio_to_baseline"]["decode_tok_s"] == 1.0
+        assert rec["metrics"]["decode_tok_s"] == 10.0 * k != rec["before"]["decode_tok_s"]
+        assert rec["samples"]["decode_tok_s"] == [10.0 * k] * 2 and rec["repeats"] == 2
+        assert rec["ratio_to_baseline"]["decode_tok_s"] == pytest.approx(k / 4)
+        assert res.by_number(n).ratio["decode_tok_s"] == pytest.approx(k / 4)
         assert res.study.trials[n].user_attrs["samples"] == before[n]  # originals kept
         assert res.by_number(n).note == "confirmed: 2 re-measurements"
     base = res.study.user_attrs["confirmed_trial_0"]
-    assert len(base["samples"]["decode_tok_s"]) == 2 * len(summary.trials)  # B before each T
+    assert base["samples"]["decode_tok_s"] == [40.0] * (2 * len(summary.trials))  # B before each T
     f = export(res, tmp_path / "t.toml", pick="fastest")
     prov = tomllib.loads((tmp_path / "t.toml").read_text())["provenance"]
-    assert prov["measurement"].startswith("confirmed") and f.medians["decode_tok_s"] == 1.0
+    assert prov["measurement"].startswith("confirmed") and f.number == 1
+    assert prov["metrics"]["decode_tok_s"] == {
+        "median": 80.0,
+        "spread": 0.0,
+        "ratio_to_baseline": pytest.approx(2.0),
+    }
 
 
 def test_confirm_shows_n_of_m_and_an_eta(spec: StudySpec, capsys: Any) -> None:

@@ -17,7 +17,7 @@ import pytest
 from ar_helpers import REPO, process_gone
 
 from autoresearch.cli import main
-from autoresearch.dashboard import HOST, dashboard_argv
+from autoresearch.dashboard import dashboard_argv
 from autoresearch.optuna_view import TABLE_KEY
 from autoresearch.study_file import StudySpec
 
@@ -67,8 +67,8 @@ def test_dashboard_command_line_and_missing_dependency(
     spec: StudySpec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: Any
 ) -> None:
     argv = dashboard_argv(spec, 8123, executable="optuna-dashboard")
-    assert argv == ["optuna-dashboard", spec.storage, "--host", HOST, "--port", "8123"]
-    assert HOST == "127.0.0.1"
+    # Loopback only: the dashboard can edit the study and has no authentication.
+    assert argv == ["optuna-dashboard", spec.storage, "--host", "127.0.0.1", "--port", "8123"]
     monkeypatch.setattr("shutil.which", lambda _name: None)
     monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
     assert main(["dashboard", str(spec.path)]) == 1

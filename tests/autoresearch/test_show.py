@@ -26,7 +26,12 @@ def _text(spec: StudySpec) -> str:
 def test_show_with_failures(spec: StudySpec) -> None:
     text = _text(spec)
     assert "Pareto front" in text and "unconfirmed: single measurement" in text
-    assert "crash" in text and "2" in text and "hang" in text  # failures grouped by kind
+    # Failures grouped by kind (the reason's text before ':'): count and trial numbers.
+    cells = [ln.split("│")[1:4] for ln in text.splitlines() if ln.startswith(("│ crash", "│ hang"))]
+    assert [[c.strip() for c in row] for row in cells] == [
+        ["crash", "2", "6, 7"],
+        ["hang", "1", "8"],
+    ]
     assert "knob importance for decode_tok_s" in text  # Optuna's evaluator ran
     assert "noise floor" in text and "2.0%" in text
     assert "500" not in text.split("best trial per objective")[1]  # infeasible never best

@@ -8,6 +8,8 @@ hang, garbage, being killed mid-trial); their numbers are placeholders, never re
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -54,6 +56,27 @@ def process_gone(pid: int) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def start_run(p: Path, n: int) -> subprocess.Popen[bytes]:
+    """`autoresearch run` of study `p` for `n` trials, as a separate process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "run", str(p), "--n-trials", str(n)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_held_trial(d: Path, proc: subprocess.Popen[bytes]) -> int:
+    """The pid of the stand-in probe `proc` started and holds (while `d/hold` exists)."""
+    deadline = time.monotonic() + 60
+    while not (d / "started").exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
+        assert time.monotonic() < deadline, "the held trial never started"
+        time.sleep(0.05)
+    time.sleep(0.1)  # the pid is written right after the file is created
+    return int((d / "started").read_text())
 
 
 STAND_IN = textwrap.dedent(

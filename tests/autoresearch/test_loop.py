@@ -12,7 +12,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-from ar_helpers import REPO, load_study, one_line_error, process_gone, stored_trials, write_study
+from ar_helpers import (
+    REPO,
+    load_study,
+    one_line_error,
+    process_gone,
+    start_run,
+    stored_trials,
+    wait_held_trial,
+    write_study,
+)
 from optuna.trial import TrialState
 
 from autoresearch.cli import main
@@ -22,25 +31,6 @@ from autoresearch.space import Space
 from autoresearch.status import status_lines
 from autoresearch.study_file import load_study_file
 from engine.config import EngineConfig
-
-
-def _start(p: Path, n: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "autoresearch", "run", str(p), "--n-trials", str(n)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_started(d: Path, proc: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 60
-    while not (d / "started").exists():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
-        assert time.monotonic() < deadline, "the held trial never started"
-        time.sleep(0.05)
-    time.sleep(0.1)  # the pid is written right after the file is created
-    return int((d / "started").read_text())
 
 
 def _after_tell(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
@@ -103,8 +93,8 @@ def test_resume_after_sigkill_mid_trial(tmp_path: Path, tiny: tuple[Path, Path])
     run_study(load_study_file(p), n_trials=2)  # trials 0 (baseline) and 1 complete
     before = [(t.number, t.values, t.params) for t in load_study(p).trials]
     (tmp_path / "hold").touch()  # the next trial's child blocks until released
-    proc = _start(p, 2)
-    child = _wait_started(tmp_path, proc)
+    proc = start_run(p, 2)
+    child = wait_held_trial(tmp_path, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_study(p).trials[2].state == TrialState.RUNNING  # what kill -9 leaves behind
@@ -122,8 +112,8 @@ def test_resume_after_sigkill_mid_trial(tmp_path: Path, tiny: tuple[Path, Path])
 def test_ctrl_c_fails_and_requeues_running_trial(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     p = write_study(tmp_path, store=tiny[1])
     (tmp_path / "hold").touch()
-    proc = _start(p, 2)
-    _wait_started(tmp_path, proc)
+    proc = start_run(p, 2)
+    wait_held_trial(tmp_path, proc)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 130, out
@@ -224,18 +214,8 @@ def test_disk_full_during_run_is_one_line_and_requeues(
 def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     p = write_study(tmp_path, store=tiny[1])
     (tmp_path / "hold").touch()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoresearch", "run", str(p), "--n-trials", "2"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "started").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.1)
-    child = int((tmp_path / "started").read_text())
+    proc = start_run(p, 2)
+    child = wait_held_trial(tmp_path, proc)
     cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
     tmp_dir = Path(next(a for a in cmdline if "autoresearch-trial-" in a)).parent
     proc.send_signal(signal.SIGTERM)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from ar_helpers import REPO, process_gone, stored_trials, write_study
+from ar_helpers import process_gone, start_run, stored_trials, wait_held_trial, write_study
 
 from autoresearch.hostlock import lock_path, probe_lock
 from autoresearch.loop import run_study
@@ -59,17 +58,8 @@ def test_probe_lock_excludes_other_processes_until_released(tmp_path: Path) -> N
 def test_probe_dies_with_its_killed_worker(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     p = write_study(tmp_path, store=tiny[1])
     (tmp_path / "hold").touch()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoresearch", "run", str(p), "--n-trials", "1"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "started").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.1)
+    proc = start_run(p, 1)
+    wait_held_trial(tmp_path, proc)
     proc.kill()
     proc.wait()
     # PR_SET_PDEATHSIG: no later `run` is needed to stop the orphan from measuring.

@@ -31,6 +31,13 @@ def _dashboard_api(storage: str, path: str) -> dict[str, Any]:
     return json.loads(body)
 
 
+def _dashboard_study(storage: str, name: str) -> dict[str, Any]:
+    """The dashboard's detail page data of study `name`, found by name as a user finds it."""
+    listed = _dashboard_api(storage, "/api/studies")["study_summaries"]
+    study_id = next(s["study_id"] for s in listed if s["study_name"] == name)
+    return _dashboard_api(storage, f"/api/studies/{study_id}")
+
+
 def test_run_sets_metric_names_that_optuna_dashboard_lists(
     tmp_path: Path, tiny: tuple[Path, Path]
 ) -> None:
@@ -38,7 +45,7 @@ def test_run_sets_metric_names_that_optuna_dashboard_lists(
     run_study(spec, n_trials=1)
     study = optuna.load_study(study_name=spec.name, storage=spec.storage)
     assert study.metric_names == NAMES
-    detail = _dashboard_api(spec.storage, f"/api/studies/{study._study_id}")
+    detail = _dashboard_study(spec.storage, spec.name)
     assert detail["objective_names"] == NAMES  # not "Objective 0/1/2"
 
 
@@ -49,7 +56,7 @@ def test_confirmed_figures_are_visible_to_optuna_tools(spec: StudySpec) -> None:
     rows = {r["trial"]: r for r in study.user_attrs[TABLE_KEY]}
     assert rows[0]["baseline"] is True and rows[1]["decode_tok_s"] == "1 tok/s"
     assert rows[1]["memory_bytes"] == "1 B" and rows[1]["repeats"] == 1
-    detail = _dashboard_api(spec.storage, f"/api/studies/{study._study_id}")
+    detail = _dashboard_study(spec.storage, spec.name)
     note = detail["note"]["body"]
     assert "single in-loop measurements" in note and TABLE_KEY in note
     assert "| 1 | 1 | 1 tok/s | 1 B | 1 |" in note  # the stand-in probe measures 1 everywhere

@@ -89,8 +89,9 @@ class Knob:
     def _check_float(self, value: Any) -> None:
         low, high = self.minimum, self.maximum
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        below = number and low is not None and (value <= low if self.open_minimum else value < low)
-        if not number or below or (high is not None and value > high):
+        # Written as "inside" so that NaN, which compares False with everything, is outside.
+        inside = number and (low is None or (value > low if self.open_minimum else value >= low))
+        if not (inside and (high is None or value <= high)):
             interval = f"{'(' if self.open_minimum else '['}{low:g}, {high:g}]"
             raise ConfigError(f"{self.name} must be a number in {interval}, got {value!r}")
 

@@ -64,6 +64,8 @@ def test_engine_config_validates_with_the_contract(monkeypatch: pytest.MonkeyPat
         ("read_chunk_bytes", 5000, "read_chunk_bytes must be a multiple of 4096"),
         ("pinned_fraction", 1.5, r"pinned_fraction must be a number in \[0, 1\], got 1.5"),
         ("pinned_fraction", "half", r"pinned_fraction must be a number in \[0, 1\]"),
+        ("pinned_fraction", float("nan"), r"pinned_fraction must be a number in \[0, 1\]"),
+        ("expert_memory_fraction", float("inf"), r"expert_memory_fraction must be a number"),
         ("expert_memory_fraction", 0, r"expert_memory_fraction must be a number in \(0, 1\]"),
         ("quant_bits", 16.0, "quant_bits must be one of 16, 8, 4, 3, 2, got 16.0"),
         ("layout", "sorted", "layout must be one of 'natural', 'coactivation', got 'sorted'"),

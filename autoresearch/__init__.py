@@ -18,7 +18,7 @@ Nothing else: tests/autoresearch/test_package.py holds autoresearch/ to this lis
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as _Path
 
 from autoresearch.errors import (
     AutoresearchError,
@@ -48,7 +48,7 @@ def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     # A submodule read before anything imported it is that module, as it is afterwards.
-    if not name.startswith("_") and (Path(__file__).parent / f"{name}.py").is_file():
+    if not name.startswith("_") and (_Path(__file__).parent / f"{name}.py").is_file():
         return importlib.import_module(f"autoresearch.{name}")
     raise AttributeError(f"module 'autoresearch' has no attribute {name!r}")
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from engine.cli.util import Handler, add_command, dispatch
+from engine.api import Handler, add_command, dispatch
 from engine.errors import EngineError
 
 
@@ -250,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("study", help="study TOML (e.g. studies/demo.toml)")
         sp.add_argument("--n-trials", type=_count, help="trials to run now (>= 1)")
         sp.add_argument("--timeout", type=_seconds, help="seconds to run now (> 0)")
-        _storage_arg(sp)
+        _url_option(sp)
 
     sp = add("demo", cmd_demo)
     sp.add_argument("study", nargs="?", default="studies/demo.toml", help="study TOML")
@@ -259,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("status", cmd_status)
     sp.add_argument("study", help="study TOML")
-    _storage_arg(sp)
+    _url_option(sp)
 
     sp = add("confirm", cmd_confirm)
     sp.add_argument("study", help="study TOML")
@@ -289,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _storage_arg(sp: argparse.ArgumentParser) -> None:
+def _url_option(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--storage",
         metavar="URL",

@@ -27,9 +27,10 @@ from autoresearch import format as fmt
 from autoresearch.errors import AutoresearchError
 from autoresearch.optuna_view import publish
 from autoresearch.results import Figures, confirmed_key, load_results
-from autoresearch.study_file import METRICS, StudySpec
+from autoresearch.study_file import StudySpec
 from autoresearch.trial import run_probe
 from engine.config import EngineConfig
+from engine.contract import METRICS
 from engine.errors import ConfigError
 
 SPREAD_WARN = 3.0  # x the noise floor's relative spread ...

@@ -31,9 +31,9 @@ from autoresearch import format as fmt
 from autoresearch.errors import AutoresearchError
 from autoresearch.outfile import write_text
 from autoresearch.results import Figures, Results, dominates, machine_summary, pareto
+from engine.api import store_info
 from engine.config import EngineConfig
 from engine.errors import EngineError
-from engine.store import Store
 
 PICKS = ("fastest", "smallest", "balanced")
 # Mean KL (nats) below which two configs' outputs count as equally good: 0.01 nats is about
@@ -227,7 +227,7 @@ def model_fingerprint(store: str | None) -> str | None:
     if not store:
         return None
     try:
-        return Store.open(Path(store)).manifest.get("source", {}).get("fingerprint")
+        return store_info(Path(store)).model_fingerprint
     except (EngineError, OSError):
         return None
 
@@ -238,14 +238,14 @@ def check_store(res: Results, f: Figures, store: str | None, *, force: bool) -> 
     problems = []
     target = store or ua.get("store")
     try:
-        s = Store.open(Path(str(target)))
+        s = store_info(Path(str(target)))
     except (EngineError, OSError) as e:
         problems.append(f"store {target} cannot be opened ({e})")
         s = None
     if s is not None and store is not None:
         want, have = (
             model_fingerprint(ua.get("store")),
-            s.manifest.get("source", {}).get("fingerprint"),
+            s.model_fingerprint,
         )
         if want and have != want:
             problems.append(
@@ -307,9 +307,7 @@ def run_line(f: Figures, config_path: Path) -> str:
     store = str(f.trial.user_attrs.get("store") or "STORE")
     prompt = "--prompt-ids 1,2,3"
     try:
-        from engine.cli.run import has_tokenizer
-
-        if has_tokenizer(Store.open(Path(store))):
+        if store_info(Path(store)).has_tokenizer:
             prompt = "--prompt 'Hello'"
     except (EngineError, OSError):
         pass  # the store is gone or unreadable: token ids work on any store

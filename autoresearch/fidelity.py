@@ -20,7 +20,7 @@ import tomli_w
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.racing import Direction, could_be_on_front, noise_of
-from engine.tomlfile import read_toml
+from engine.api import default_suite_path, read_toml
 
 SAVED_KEY = "fidelity_full_probes_saved"  # study user attr: pruned after the cheap probe
 CHEAP_KEY = "cheap_metrics"  # trial user attr: the cheap probe's figures
@@ -66,8 +66,6 @@ def cheap_probe(study: optuna.Study, trial: optuna.Trial, spec: Any, store_path:
 
     A failed cheap probe promotes: the full probe then records the failure with its reason.
     """
-    from engine.suite import default_suite_path
-
     full = spec.suite or default_suite_path(store_path)
     # Named by the full suite's path and the cut: two studies on one machine never share one.
     tag = hashlib.sha256(str(Path(full).resolve()).encode()).hexdigest()[:12]

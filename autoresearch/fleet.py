@@ -34,12 +34,12 @@ MACHINE_KEY = "machine_fingerprint"  # trial and study user attr
 def this_machine(disk: Path | None = None) -> str:
     """This machine's fingerprint id, with the disk that holds `disk` (the cache dir: where the
     stores are read from). No disk measurement: it must be instant and stable."""
-    from engine.measure.machine import fingerprint
+    from engine.api import machine_id
 
     if disk is not None:
         while not disk.exists() and disk != disk.parent:
             disk = disk.parent  # the cache dir may not exist yet; its disk does
-    return str(fingerprint(disk_path=disk, measure_disk=False)["id"])
+    return machine_id(disk)
 
 
 def worker_id() -> str:

@@ -47,10 +47,8 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.hostlock import ask_lock
 from autoresearch.optuna_view import label_study
 from autoresearch.storage import (
-    create_running,
+    OptunaInternals,
     fail_stale,
-    fixed_params,
-    heartbeat,
     make_sampler,
     open_study,
     recover_abandoned,
@@ -151,7 +149,7 @@ def _run(
                     display.note(f"trial {number}: its worker stopped; marked FAIL and retried")
                 with _signals_deferred():  # a trial is never created without us knowing it
                     trial = _next_trial(spec, study, machine)
-                with heartbeat(study, trial):
+                with OptunaInternals(study).heartbeat(trial):
                     ok = _one_trial(spec, study, trial, variants, display, machine)
             except UpdateFinishedTrialError:
                 # Our heartbeat stopped long enough for another worker to retry this trial.
@@ -204,7 +202,7 @@ def _next_trial(spec: StudySpec, study: optuna.Study, machine: str) -> optuna.Tr
         # Created RUNNING for us, not enqueued: another machine must not take our baseline.
         params = spec.space.baseline_params()
         attrs = {"baseline": True, "baseline_knobs": list(params)}
-        trial = create_running(study, params, attrs)
+        trial = OptunaInternals(study).create_running(params, attrs)
     else:
         db = file_of(spec.storage_url) if spec.storage_url.startswith("sqlite") else None
         with ask_lock(spec.cache_dir, db), warnings.catch_warnings():
@@ -408,5 +406,5 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
 
 def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
     # An enqueued trial's own params (the baseline's defaults), even if Ctrl-C cut suggest short.
-    params = {**fixed_params(study, trial), **trial.params}
+    params = {**OptunaInternals(study).fixed_params(trial), **trial.params}
     study.enqueue_trial(params, user_attrs=retry_attrs(trial.number, trial.user_attrs))

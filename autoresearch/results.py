@@ -18,7 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autoresearch import format as fmt
 from autoresearch.errors import AutoresearchError
 from autoresearch.storage import open_study
-from autoresearch.study_file import METRICS, StudySpec
+from autoresearch.study_file import StudySpec
+from engine.contract import METRICS
 
 UNCONFIRMED = "unconfirmed: single measurement"
 

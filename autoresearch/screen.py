@@ -18,9 +18,8 @@ from typing import Any
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.trial import parse_metrics
+from engine.api import TraceSimulator
 from engine.config import EngineConfig
-from engine.measure.simulate import Rates, simulate
-from engine.measure.trace import Trace
 
 # Knobs the trace stays valid for: they change where bytes come from, never which experts.
 SCREENABLE = {
@@ -35,8 +34,7 @@ class ScreenError(AutoresearchError):
 
 @dataclass
 class Screener:
-    trace: Trace
-    rates: Rates
+    simulator: TraceSimulator
     keep: float  # measure a candidate whose estimate is >= keep x the best estimate so far
     measured: list[tuple[float, int]] = field(default_factory=list)  # (estimate, cache_bytes)
 
@@ -66,14 +64,15 @@ class Screener:
         demand = float(metrics.get("bytes_requested_per_token", 0.0))
         # All-miss run: the stalled share of a token is its reads, the rest is compute.
         read_s = per_token * stall
-        rates = Rates(
+        simulator = TraceSimulator.load(
+            trace_path,
             compute_s_per_token=per_token * (1 - stall),
             disk_bytes_per_s=demand / read_s if read_s > 0 and demand > 0 else 1e9,
         )
-        return cls(Trace.load(trace_path), rates, keep)
+        return cls(simulator, keep)
 
     def estimate(self, config: EngineConfig) -> dict[str, Any]:
-        return simulate(self.trace, config, rates=self.rates)
+        return self.simulator.estimate(config)
 
     def decide(self, config: EngineConfig) -> tuple[bool, dict[str, Any]]:
         """(measure it?, the estimate). Promising = fast enough, or smaller than anything yet."""

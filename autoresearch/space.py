@@ -31,7 +31,6 @@ fraction above 1 (more experts than the model routes) is allowed only when the s
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -41,9 +40,10 @@ from typing import Any
 import optuna
 
 from autoresearch.errors import SpaceError
+from engine.api import read_toml
 from engine.config import EngineConfig
+from engine.contract import KNOBS
 from engine.errors import ConfigError
-from engine.tomlfile import read_toml
 
 # Virtual knob -> the EngineConfig knob it sets; mapped in `to_config`.
 VIRTUAL_KNOBS = {"cache_fraction": "cache_bytes", "experts_fraction": "experts_per_token"}
@@ -51,7 +51,6 @@ MAX_EXPERTS_FRACTION = 2.0  # beyond twice the routed experts a model is no long
 # Knobs that select a store variant (built by autoresearch.variants) rather than a runtime knob.
 VARIANT_KNOBS = ("quant_bits", "quant_group_size", "layout")
 OPERATORS = ("in", "not_in", "lt", "le", "gt", "ge")
-FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(EngineConfig)}
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ def load_space(path: str | Path) -> Space:
     extra = sorted(set(doc) - {"knobs", "fixed"})
     if extra:
         raise SpaceError(f"{path}: unknown table(s) {', '.join(extra)}; allowed: [knobs], [fixed]")
-    known = [*EngineConfig.knob_names(), *VIRTUAL_KNOBS]
+    known = [*KNOBS, *VIRTUAL_KNOBS]
     fixed = doc.get("fixed", {})
     if not isinstance(fixed, dict):
         raise SpaceError(f"{path}: [fixed] must be a table of knob = value")
@@ -275,7 +274,7 @@ def _parse_knob(
             _experts_fraction(path, key, v)
         else:
             _engine_accepts(path, key, {name: v})
-    if name in VIRTUAL_KNOBS or FIELD_TYPES.get(name) == "float":
+    if name in VIRTUAL_KNOBS or KNOBS[name].type is float:
         low, high = float(low), float(high)  # TOML `0`/`1` are ints: keep a fraction a float
     return Knob(name=name, low=low, high=high, step=step, log=log, when=when)
 

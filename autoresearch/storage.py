@@ -1,8 +1,10 @@
 """Opening a study: storage, sampler, compatibility check, recovery of abandoned trials.
 
 Studies are plain Optuna studies, so `optuna trials`, `optuna best-trials` and optuna-dashboard
-read them unmodified. Beyond Optuna's public API we use only the heartbeat internals that
-Study.optimize itself uses (we run our own ask/tell loop).
+read them unmodified. We run our own ask/tell loop instead of Study.optimize, so a few things
+optimize does with Optuna's internals (heartbeats, stale trials, an enqueued trial's params)
+we do too: every such access is in one class at the end of this file, `OptunaInternals`,
+with the reason for each; the rest of autoresearch uses the public API only.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autoresearch.backends import file_of, open_backend, scrub
 from autoresearch.errors import IncompatibleStudy, StorageError
@@ -61,27 +62,23 @@ class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
 def fail_stale(study: optuna.Study, grace_s: int | None) -> list[int]:
     """Optuna's fail_stale_trials, plus a fail_reason written while the trial is still RUNNING
     (Optuna refuses attrs on finished trials). Only the worker whose FAIL lands retries it."""
-    storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
-        return []  # JournalStorage: no heartbeats; recover_abandoned covers this host
+    internals = OptunaInternals(study)
     failed = []
-    for tid in storage._get_stale_trial_ids(study._study_id):
-        w = storage.get_trial(tid).user_attrs.get("worker") or {}
+    for ft in internals.stale_trials():
+        w = ft.user_attrs.get("worker") or {}
         reason = (
             f"abandoned: no heartbeat from worker {w.get('host', '?')}:{w.get('pid', '?')} "
             f"for more than {grace_s} s (study.grace_period)"
         )
         try:
-            storage.set_trial_user_attr(tid, "fail_reason", reason)
-            if storage.set_trial_state_values(tid, state=TrialState.FAIL):
-                failed.append(tid)
+            internals.set_user_attr(ft, "fail_reason", reason)
+            if internals.fail(ft):
+                failed.append(ft)
         except UpdateFinishedTrialError:
             continue  # another worker failed it first
-    callback = storage.get_heartbeat_stale_trial_callback()
-    for tid in failed:
-        if callback is not None:
-            callback(study, copy.deepcopy(storage.get_trial(tid)))
-    return [storage.get_trial(tid).number for tid in failed]
+    for ft in failed:
+        internals.retry_stale(ft)
+    return [ft.number for ft in failed]
 
 
 def make_sampler(
@@ -132,11 +129,11 @@ def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:
         if study.user_attrs.get(HASH_KEY) is None and not study.trials:
             _tag(study, spec)
         return _checked(study, spec)
+    # Loaded with a stand-in sampler: the real one's seed depends on the trials so far.
     study = optuna.load_study(
-        storage=storage,
-        study_name=spec.name,
-        sampler=make_sampler(spec, storage.get_n_trials(found[0]._study_id)),
+        storage=storage, study_name=spec.name, sampler=optuna.samplers.RandomSampler()
     )
+    study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)))
     return _checked(study, spec)
 
 
@@ -181,7 +178,7 @@ def recover_abandoned(study: optuna.Study) -> list[int]:
     RUNNING trials of another host (a shared PostgreSQL study) or of a live process are left
     alone: they may be measuring right now.
     """
-    storage = study._storage  # public methods only; Study exposes no getter for it
+    internals = OptunaInternals(study)
     host = socket.gethostname()
     retried = []
     for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -197,9 +194,8 @@ def recover_abandoned(study: optuna.Study) -> list[int]:
         child = ft.user_attrs.get("child_pid")
         if child and _is_probe(int(child)):
             kill_group(int(child))  # the orphaned probe would skew the next measurement
-        storage.set_trial_user_attr(
-            ft._trial_id, "fail_reason", f"abandoned: run pid {w.get('pid')} died mid-trial"
-        )
+        reason = f"abandoned: run pid {w.get('pid')} died mid-trial"
+        internals.set_user_attr(ft, "fail_reason", reason)
         study.tell(ft.number, state=TrialState.FAIL)
     # One retry per abandoned/interrupted trial, enqueued after its FAIL: a run killed between
     # the two left no retry, so every such dead local trial without one gets it now.
@@ -216,7 +212,7 @@ def recover_abandoned(study: optuna.Study) -> list[int]:
             or _alive(int(w.get("pid", 0)))
         ):
             continue
-        params = {**ft.system_attrs.get("fixed_params", {}), **ft.params}
+        params = {**internals.fixed_params(ft), **ft.params}
         study.enqueue_trial(params, user_attrs=retry_attrs(ft.number, ft.user_attrs))
         retried.append(ft.number)
     return retried
@@ -253,33 +249,74 @@ def _is_probe(pid: int) -> bool:
         return False
 
 
-# ---- trial-level access the public API lacks (the loop's only reach into Optuna internals) --
-
-
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Any:
-    """Context manager beating for `trial` while it runs: the thread Study.optimize runs (we
-    drive trials with ask/tell, so we start it ourselves)."""
-    return get_heartbeat_thread(trial._trial_id, study._storage)
-
-
 def still_running(study: optuna.Study, trial: optuna.Trial) -> bool:
     """The trial's stored state is RUNNING (a Ctrl-C may land after it was told)."""
-    return study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(t.number == trial.number for t in running)
 
 
-def fixed_params(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
-    """An enqueued trial's own params (what enqueue_trial stored), even if suggest never ran."""
-    return dict(study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params") or {})
+# ---- the one place that reaches past Optuna's public API ------------------------------------
 
 
-def create_running(
-    study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]
-) -> optuna.Trial:
-    """A trial created RUNNING for this process with enqueue-style fixed params: unlike an
-    enqueued one, no other worker can take it (a fleet machine's own baseline)."""
-    storage = study._storage
-    tid = storage.create_new_trial(study._study_id)
-    storage.set_trial_system_attr(tid, "fixed_params", params)
-    for key, value in user_attrs.items():
-        storage.set_trial_user_attr(tid, key, value)
-    return optuna.Trial(study, tid)
+class OptunaInternals:
+    """Optuna internals our ask/tell loop needs, each with why the public API does not do.
+
+    Study.optimize runs heartbeats and fails stale trials itself; we drive trials with
+    ask/tell, so we do both here, with the storage calls (keyed by the storage's trial id)
+    they take, as Optuna's own optimize and fail_stale_trials do (read against Optuna 5.0).
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        # Study has no public getter for its storage or its id; every call below needs them.
+        self._storage = study._storage
+        self._study_id = study._study_id
+
+    def heartbeat(self, trial: optuna.Trial | FrozenTrial) -> Any:
+        """Context manager beating for `trial` while it runs: the thread Study.optimize starts
+        (a no-op on a storage without heartbeats)."""
+        from optuna.storages._heartbeat import get_heartbeat_thread
+
+        return get_heartbeat_thread(trial._trial_id, self._storage)
+
+    def stale_trials(self) -> list[FrozenTrial]:
+        """RUNNING trials whose worker stopped beating: public `fail_stale_trials` would fail
+        them before we could record why (JournalStorage has no heartbeats: none)."""
+        from optuna.storages._heartbeat import BaseHeartbeat
+
+        s = self._storage
+        if not isinstance(s, BaseHeartbeat) or s.get_heartbeat_interval() is None:
+            return []
+        return [s.get_trial(tid) for tid in s._get_stale_trial_ids(self._study_id)]
+
+    def set_user_attr(self, trial: FrozenTrial, key: str, value: Any) -> None:
+        """A user attr on a trial this process has no Trial object for (another run's)."""
+        self._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+    def fail(self, trial: FrozenTrial) -> bool:
+        """A stale trial of another worker -> FAIL in storage, as fail_stale_trials does
+        (study.tell is for this process's own trials); raises UpdateFinishedTrialError when
+        another worker failed it first."""
+        return self._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+    def retry_stale(self, trial: FrozenTrial) -> None:
+        """Run the storage's stale-trial callback (RetryStale) as fail_stale_trials does."""
+        callback = self._storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            # A copy: the callback edits the trial it gets (RetryStale rewrites user_attrs).
+            callback(self.study, copy.deepcopy(self._storage.get_trial(trial._trial_id)))
+
+    def fixed_params(self, trial: optuna.Trial | FrozenTrial) -> dict[str, Any]:
+        """The params enqueue_trial stored for a trial (its "fixed_params" system attr): an
+        interrupted baseline may have been cut off before suggest recorded them as params."""
+        attrs = self._storage.get_trial_system_attrs(trial._trial_id)
+        return dict(attrs.get("fixed_params") or {})
+
+    def create_running(self, params: dict[str, Any], user_attrs: dict[str, Any]) -> optuna.Trial:
+        """A trial created RUNNING for this process with enqueue-style fixed params: unlike an
+        enqueued one, no other worker can take it (a fleet machine's own baseline)."""
+        tid = self._storage.create_new_trial(self._study_id)
+        self._storage.set_trial_system_attr(tid, "fixed_params", params)
+        for key, value in user_attrs.items():
+            self._storage.set_trial_user_attr(tid, key, value)
+        return optuna.Trial(self.study, tid)

@@ -68,21 +68,10 @@ from autoresearch.backends import mask, resolve
 from autoresearch.cachedir import resolve_cache_dir
 from autoresearch.errors import AutoresearchError, StudyFileError
 from autoresearch.space import Space, load_space
-from autoresearch.study_parts import (
-    DEFAULT_OBJECTIVES,
-    KEYS,
-    METRICS,
-    SAMPLERS,
-    SYNTH_FAMILIES,
-    SYNTH_PRESETS,
-    Constraint,
-)
-from engine.tomlfile import read_toml
+from autoresearch.study_parts import DEFAULT_OBJECTIVES, KEYS, SAMPLERS, Constraint
+from engine.api import read_toml
 
-__all__ = [
-    "DEFAULT_OBJECTIVES", "KEYS", "METRICS", "SAMPLERS", "SYNTH_FAMILIES", "SYNTH_PRESETS",
-    "Constraint", "StudySpec", "load_study_file",
-]  # fmt: skip
+__all__ = ["DEFAULT_OBJECTIVES", "KEYS", "SAMPLERS", "Constraint", "StudySpec", "load_study_file"]
 
 
 @dataclass(frozen=True)

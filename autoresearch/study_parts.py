@@ -15,32 +15,15 @@ from typing import Any
 from autoresearch.errors import StudyFileError
 from autoresearch.sampler import SAMPLERS  # noqa: F401  (re-exported: tpe|gp|random|nsga2|auto)
 from autoresearch.space import Space
-from engine.synth.tiny import SYNTH_FAMILIES  # every family engine synth builds
+from engine import contract
 
-# Numeric fields of the probe's metrics JSON: what objectives and constraints may name.
-METRICS = (
-    "ttft_s",
-    "prefill_tok_s",
-    "decode_tok_s",
-    "latency_p50_s",
-    "latency_p99_s",
-    "latency_max_s",
-    "bytes_read_per_token",
-    "cache_hit_rate",
-    "prefetch_precision",
-    "prefetch_recall",
-    "io_stall_fraction",
-    "peak_rss_bytes",
-    "page_cache_bytes",
-    "memory_bytes",
-    "kl_mean",
-    "top1_agreement",
-    "tokens",
-)
-DEFAULT_OBJECTIVES = (
-    ("decode_tok_s", "maximize"),
-    ("memory_bytes", "minimize"),
-    ("kl_mean", "minimize"),
+# The metrics objectives and constraints may name, the families and presets model.synth may
+# name: engine/contract.py's, never copied here. (Tuples: a TOML value may be unhashable.)
+METRICS = tuple(contract.METRICS)
+FAMILIES, PRESETS = contract.SYNTH_FAMILIES, contract.SYNTH_PRESETS
+# Speed, memory, quality: each in the direction the contract says is better.
+DEFAULT_OBJECTIVES = tuple(
+    (m, str(contract.METRICS[m].direction)) for m in ("decode_tok_s", "memory_bytes", "kl_mean")
 )
 # The keys each table may hold: a misspelt key would otherwise be ignored silently.
 KEYS = {
@@ -52,10 +35,6 @@ KEYS = {
     "probe": {"suite", "probe_command"},
     "fidelity": {"screen", "keep", "probe_prompts", "probe_decode_tokens"},
 }  # fmt: skip
-SYNTH_PRESETS = (  # = engine.synth.presets.ALL_PRESETS, kept here so loading a study skips mlx
-    "tiny", "small", "bench",
-    "qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "kimi-k2", "qwen3.5-397b-a17b",
-)  # fmt: skip
 MACHINES = ("one", "fleet")  # one: every worker must be this machine; fleet: per-machine fronts
 MAX_SECONDS = 30 * 24 * 3600  # beyond this a "timeout" is a typo (and overflows poll timers)
 # Limits handed to the engine as a RAM budget must leave room for something to run.
@@ -165,7 +144,7 @@ def objectives(path: Path, objs: Any) -> tuple[tuple[str, str], ...]:
                 f"{path}: objectives[{i}].metric: unknown metric {metric!r}; "
                 f"known: {', '.join(METRICS)}"
             )
-        if direction not in ("maximize", "minimize"):
+        if direction not in contract.DIRECTIONS:
             raise StudyFileError(
                 f"{path}: objectives[{i}].direction must be 'maximize' or 'minimize'"
             )
@@ -206,10 +185,10 @@ def model(
         raise StudyFileError(f"{path}: [model] needs exactly one of synth, path, store")
     if "synth" in given:
         s = m["synth"]
-        if not isinstance(s, dict) or s.get("family") not in SYNTH_FAMILIES:
-            raise StudyFileError(f"{path}: model.synth.family must be one of {SYNTH_FAMILIES}")
-        if s.get("preset", "tiny") not in SYNTH_PRESETS:
-            raise StudyFileError(f"{path}: model.synth.preset must be one of {SYNTH_PRESETS}")
+        if not isinstance(s, dict) or s.get("family") not in FAMILIES:
+            raise StudyFileError(f"{path}: model.synth.family must be one of {FAMILIES}")
+        if s.get("preset", "tiny") not in PRESETS:
+            raise StudyFileError(f"{path}: model.synth.preset must be one of {PRESETS}")
         seed = s.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise StudyFileError(f"{path}: model.synth.seed must be an integer >= 0, got {seed!r}")

@@ -10,26 +10,14 @@ nothing half-built behind, and workers building the same variant at once both en
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import VariantError
 from autoresearch.study_file import StudySpec
+from engine import api
 from engine.errors import EngineError, StoreExists
-from engine.store import Store
 
 DEFAULT_VARIANT = (16, 64, "natural")
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    path: Path
-    fingerprint: str
-    expert_bytes: int  # all experts of all layers: what cache_fraction is a fraction of
-    bits: int
-    group_size: int | None
-    layout: str
-    top_k: int = 0  # the model's routed experts per token (experts_fraction is a share of it)
 
 
 class Variants:
@@ -41,7 +29,7 @@ class Variants:
         self.spec = spec
         self.progress = progress  # a synth progress bar; off while a rich Live display runs
         self.note = note or (lambda _text: None)
-        self._cache: dict[tuple[int, int, str], StoreInfo] = {}
+        self._cache: dict[tuple[int, int, str], api.StoreInfo] = {}
 
     def model_dir(self) -> Path:
         """The source checkpoint; a synth model is synthesized here the first time."""
@@ -51,11 +39,9 @@ class Variants:
         assert s is not None
         out = self._root() / "models" / f"{s['family']}-{s['preset']}-s{s['seed']}"
         if not (out / "config.json").is_file():
-            from engine.synth.tiny import synthesize_family as synthesize
-
             self.note(f"synthesizing {s['preset']} {s['family']} model into {out} (once)")
             try:
-                synthesize(
+                api.synthesize_model(
                     out,
                     family=s["family"],
                     preset=s["preset"],
@@ -78,7 +64,7 @@ class Variants:
             ) from None
         return self.spec.cache_dir
 
-    def get(self, bits: int | None, group_size: int | None, layout: str | None) -> StoreInfo:
+    def get(self, bits: int | None, group_size: int | None, layout: str | None) -> api.StoreInfo:
         if self.spec.store_path is not None:
             return self._open(self.spec.store_path)
         key = (
@@ -93,12 +79,10 @@ class Variants:
         model = self.model_dir()
         path = self._root() / "stores" / f"{model.name}-b{key[0]}-g{key[1]}-{key[2]}"
         if not (path / "manifest.json").is_file():
-            from engine.pack import pack
-
             self.note(f"packing store variant {path.name} (once; reused by later trials)")
             try:
                 # No progress bar: rich allows one live display and the study's is running.
-                pack(model, path, bits=key[0], group_size=key[1], layout=key[2], progress=False)
+                api.pack_store(model, path, bits=key[0], group_size=key[1], layout=key[2])
             except StoreExists:
                 pass  # built concurrently by another worker
             except EngineError as e:
@@ -107,18 +91,8 @@ class Variants:
         self._cache[key] = info
         return info
 
-    def _open(self, path: Path) -> StoreInfo:
+    def _open(self, path: Path) -> api.StoreInfo:
         try:
-            store = Store.open(path)
+            return api.store_info(path)
         except EngineError as e:
             raise VariantError(f"{self.spec.path}: store {path}: {e}") from e
-        total = len(store.layers) * store.num_experts * store.expert_nbytes
-        return StoreInfo(
-            path=path,
-            fingerprint=store.fingerprint,
-            expert_bytes=total,
-            bits=store.bits,
-            group_size=store.group_size,
-            layout=store.layout,
-            top_k=store.top_k,
-        )

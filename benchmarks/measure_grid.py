@@ -110,7 +110,11 @@ def main() -> None:
     out["cheap"] = pairs
     screener = Screener.record(stores[16].root, DATA, keep=0.8, timeout_s=300)
     out["trace"] = f"screen-{stores[16].root.name}.trace.npz"
-    out["rates"] = vars(screener.rates)
+    sim = screener.simulator
+    out["rates"] = {
+        "compute_s_per_token": sim.compute_s_per_token,
+        "disk_bytes_per_s": sim.disk_bytes_per_s,
+    }
     out["expert_bytes"] = _expert_bytes(stores[16])
     out["machine"] = rows[0].get("machine") if rows else None
     out["measure_s"] = round(time.monotonic() - t0, 1)

@@ -15,7 +15,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-POLICIES = ("lru", "lfu", "pinned")
+from engine.contract import KNOBS
+
+POLICIES = KNOBS["cache_policy"].choices
 Key = Hashable  # (layer, expert) in the engine
 
 

@@ -1,7 +1,8 @@
 """EngineConfig: every engine knob in one frozen dataclass, validated at construction.
 
-This is the only contract between the engine and the search loop: a trial is an EngineConfig,
-an exported tuned file is an EngineConfig TOML (`[engine]` table; other tables are provenance).
+With engine/contract.py (knob types and ranges, metric names, families, presets) this is the
+contract between the engine and the search loop: a trial is an EngineConfig, an exported tuned
+file is an EngineConfig TOML (`[engine]` table; other tables are provenance).
 """
 
 from __future__ import annotations
@@ -13,19 +14,16 @@ from typing import Any
 
 import tomli_w
 
+from engine import contract
 from engine.errors import ConfigError
 from engine.tomlfile import read_toml
 
-CACHE_POLICIES = ("lru", "lfu", "pinned")
-IO_MODES = ("direct", "buffered", "mmap")
-PREFETCH_MODES = ("none", "next_layer", "previous_token")
-QUANT_BITS = (16, 8, 4, 3, 2)
-QUANT_GROUP_SIZES = (32, 64, 128)
-LAYOUTS = ("natural", "coactivation")
-COMPUTE_DTYPES = ("float32", "model")
-COMPUTE_PATHS = ("auto", "cpu", "mlx")
-COMPUTE_WAITS = ("spin", "sleep")
-ALIGN = 4096  # O_DIRECT needs buffers, offsets and sizes aligned to the logical block size
+# Allowed values live in engine/contract.py (the one definition); these names serve pack's
+# variant checks.
+ALIGN = contract.ALIGN  # O_DIRECT alignment
+QUANT_BITS = contract.KNOBS["quant_bits"].choices
+QUANT_GROUP_SIZES = contract.KNOBS["quant_group_size"].choices
+LAYOUTS = contract.KNOBS["layout"].choices
 
 TABLES = ("engine", "provenance")  # the tables a config TOML may have (export writes both)
 
@@ -89,49 +87,14 @@ class EngineConfig:
     compute_wait: str = "spin"
 
     def __post_init__(self) -> None:
-        _check_int("cache_bytes", self.cache_bytes, minimum=0)
-        _check_choice("cache_policy", self.cache_policy, CACHE_POLICIES)
-        if not isinstance(self.pinned_fraction, int | float) or isinstance(
-            self.pinned_fraction, bool
-        ):
+        # Types and ranges: engine/contract.py, the same table autoresearch checks spaces with.
+        for knob in contract.KNOBS.values():
+            knob.check(getattr(self, knob.name))
+        if self.expert_memory_fraction is not None and self.memory_budget_bytes is not None:
             raise ConfigError(
-                f"pinned_fraction must be a number in [0, 1], got {self.pinned_fraction!r}"
+                "set memory_budget_bytes or expert_memory_fraction, not both "
+                "(the fraction defines the budget)"
             )
-        if not 0.0 <= float(self.pinned_fraction) <= 1.0:
-            raise ConfigError(f"pinned_fraction must be in [0, 1], got {self.pinned_fraction!r}")
-        _check_choice("io_mode", self.io_mode, IO_MODES)
-        _check_int("read_chunk_bytes", self.read_chunk_bytes, minimum=ALIGN)
-        if self.read_chunk_bytes % ALIGN:
-            raise ConfigError(
-                f"read_chunk_bytes must be a multiple of {ALIGN} (O_DIRECT alignment), "
-                f"got {self.read_chunk_bytes}"
-            )
-        _check_int("io_threads", self.io_threads, minimum=1, maximum=256)
-        _check_choice("prefetch", self.prefetch, PREFETCH_MODES)
-        _check_int("prefetch_depth", self.prefetch_depth, minimum=0, maximum=64)
-        _check_int("prefetch_width", self.prefetch_width, minimum=0, maximum=4096)
-        if self.experts_per_token is not None:
-            _check_int("experts_per_token", self.experts_per_token, minimum=1, maximum=4096)
-        if self.quant_bits is not None:
-            _check_choice("quant_bits", self.quant_bits, QUANT_BITS)
-        if self.quant_group_size is not None:
-            _check_choice("quant_group_size", self.quant_group_size, QUANT_GROUP_SIZES)
-        if self.layout is not None:
-            _check_choice("layout", self.layout, LAYOUTS)
-        if self.memory_budget_bytes is not None:
-            _check_int("memory_budget_bytes", self.memory_budget_bytes, minimum=1)
-        f = self.expert_memory_fraction
-        if f is not None:
-            if not isinstance(f, int | float) or isinstance(f, bool) or not 0 < f <= 1:
-                raise ConfigError(f"expert_memory_fraction must be a number in (0, 1], got {f!r}")
-            if self.memory_budget_bytes is not None:
-                raise ConfigError(
-                    "set memory_budget_bytes or expert_memory_fraction, not both "
-                    "(the fraction defines the budget)"
-                )
-        _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
-        _check_choice("compute_path", self.compute_path, COMPUTE_PATHS)
-        _check_choice("compute_wait", self.compute_wait, COMPUTE_WAITS)
 
     # ---- conversions -------------------------------------------------------------------------
 
@@ -206,19 +169,3 @@ def load_provenance(path: str | Path) -> dict[str, Any]:
     """Every table except `[engine]` of a config TOML (empty when there is none)."""
     doc = read_toml(Path(path), "config file", ConfigError)
     return {k: v for k, v in doc.items() if k != "engine" and isinstance(v, dict)}
-
-
-def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    # Same type, not just equal: 16.0 == 16 and True == 1, but neither is a valid knob value.
-    if not any(type(value) is type(a) and value == a for a in allowed):
-        raise ConfigError(
-            f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
-        )

@@ -17,14 +17,15 @@ from typing import Any
 
 import xxhash
 
+from engine.contract import KNOBS
 from engine.errors import StoreCorrupt
 
 FORMAT = "moe-expert-store"
 # v2: xxh3_64 checksums (v1: crc32, too slow to check on every read) and checksummed dense files.
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-QUANT_BITS = (16, 8, 4, 3, 2)
-QUANT_GROUP_SIZES = (32, 64, 128)
+QUANT_BITS = KNOBS["quant_bits"].choices
+QUANT_GROUP_SIZES = KNOBS["quant_group_size"].choices
 # bytes per element of each tensor dtype a store may hold
 ITEMSIZE = {"uint32": 4, "uint16": 2, "uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 FLOAT_DTYPES = ("float16", "bfloat16", "float32")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.contract import KNOBS
 from engine.errors import ExpertCorrupt, ReadError
 from engine.manifest import checksum
 from engine.pagecache import PageCacheBudget
@@ -36,7 +37,7 @@ from engine.readplan import ExpertSource, Request, manifest_file_size
 
 __all__ = ["IO_MODES", "ExpertReader", "ExpertSource"]
 
-IO_MODES = ("direct", "buffered", "mmap")
+IO_MODES = KNOBS["io_mode"].choices
 _F_NOCACHE = 48  # macOS fcntl: the closest thing to O_DIRECT there
 
 

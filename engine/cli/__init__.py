@@ -129,16 +129,15 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Handler) -> argparse.ArgumentParser:
         return add_command(sub, name, fn)
 
+    from engine.contract import SYNTH_FAMILIES, SYNTH_PRESETS
     from engine.synth.hf import QUANT_BITS
-    from engine.synth.presets import ALL_PRESETS
-    from engine.synth.tiny import SYNTH_FAMILIES
 
     sp = add("synth", cmd_synth)
     sp.add_argument("out", help="output checkpoint directory")
     sp.add_argument(
         "--family", choices=list(SYNTH_FAMILIES), help="architecture (toy presets; required)"
     )
-    sp.add_argument("--preset", default="tiny", choices=list(ALL_PRESETS))
+    sp.add_argument("--preset", default="tiny", choices=list(SYNTH_PRESETS))
     sp.add_argument(
         "--layers",
         type=int,

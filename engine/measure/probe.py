@@ -17,6 +17,7 @@ import numpy as np
 
 from engine._version import __version__
 from engine.config import EngineConfig
+from engine.contract import FIGURES
 from engine.errors import MemoryBudgetError
 from engine.measure.metrics import Phase, timing
 from engine.measure.reference import Reference, compare
@@ -31,12 +32,7 @@ TIMING = ("ttft_s", "prefill_tok_s", "decode_tok_s", "latency_p50_s", "latency_p
 COUNTS = ("tokens", "decode_tokens_measured", "warmup_tokens_excluded", "prefill_tokens")
 BUDGET_SLACK = 1.02  # a sampled peak this far over memory_budget_bytes is a breach, not a figure
 
-METRICS = (
-    "ttft_s", "prefill_tok_s", "decode_tok_s", "latency_p50_s", "latency_p99_s",
-    "latency_max_s", "bytes_read_per_token", "cache_hit_rate", "prefetch_precision",
-    "prefetch_recall", "io_stall_fraction", "peak_rss_bytes", "page_cache_bytes",
-    "memory_bytes", "kl_mean", "top1_agreement",
-)  # fmt: skip
+METRICS = FIGURES  # engine/contract.py: the figures every run reports, with their directions
 
 
 def store_files(store: Store) -> list:

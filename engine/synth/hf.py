@@ -26,6 +26,7 @@ import numpy as np
 import tomli_w
 from mlx.utils import tree_flatten
 
+from engine.contract import HF_SYNTH_FAMILIES as SYNTH_FAMILIES  # the ones written in HF layout
 from engine.errors import CheckpointError, EngineError, StoreExists
 from engine.families import FAMILIES, build_skeleton
 from engine.synth.presets import (
@@ -44,7 +45,6 @@ from engine.tmpdirs import make_tmp
 
 __all__ = ["PRESETS", "REAL_PRESETS", "SYNTH_FAMILIES", "make_config", "synthesize"]
 
-SYNTH_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "qwen2_moe", "olmoe")
 QUANT_BITS = (4, 8)
 _KNOB_FIELDS = set(RoutingKnobs.__dataclass_fields__)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine import contract
 from engine.errors import CheckpointError
 from engine.families import family_for
 from engine.synth.routing import RoutingKnobs
@@ -263,7 +264,9 @@ REAL_PRESETS: dict[str, RealPreset] = {
     ),
 }
 
-ALL_PRESETS: tuple[str, ...] = (*PRESETS, *REAL_PRESETS)
+# The names are the contract's (autoresearch checks study files against them without MLX);
+# tests/test_contract.py holds them equal to the tables above.
+ALL_PRESETS = contract.SYNTH_PRESETS
 
 
 def real_config(

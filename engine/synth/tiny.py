@@ -23,13 +23,14 @@ import mlx.nn as nn
 import tomli_w
 from mlx.utils import tree_flatten
 
+from engine import contract
 from engine.errors import CheckpointError, StoreExists, UnsupportedModel
 from engine.families import _router, build_skeleton, experts_count, get_experts, moe_blocks
 from engine.synth.hf import probe_suite, write_tokenizer
 from engine.synth.routing import RoutingKnobs, RoutingPlan
 
 E, K, H, V = 8, 2, 64, 256  # experts, top-k, hidden, vocab: tiny, and 64 fits every quant group
-CONFIGS = Path(__file__).parent / "data" / "tiny_families.toml"
+CONFIGS = contract.TINY_FAMILIES_FILE
 
 
 def _tables() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -146,8 +147,9 @@ def synthesize(
     return out
 
 
-# Every family `engine synth` builds (HF layout for engine.synth.hf's, mlx layout for the rest).
-SYNTH_FAMILIES = tuple(TINY)
+# Every family `engine synth` builds (HF layout for engine.synth's, mlx layout for the rest):
+# engine/contract.py reads them from the same data file without importing MLX.
+SYNTH_FAMILIES = contract.SYNTH_FAMILIES
 
 
 def synthesize_family(

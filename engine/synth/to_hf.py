@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 
+from engine import contract
 from engine.errors import UnsupportedModel
 
-CONFIGS = Path(__file__).parent / "data" / "tiny_families.toml"
+CONFIGS = contract.TINY_FAMILIES_FILE
 _STACKED = re.compile(
     r"^(.*)\.(?:switch_mlp|experts)\.(gate_proj|up_proj|down_proj)\.(weight|bias)$"
 )

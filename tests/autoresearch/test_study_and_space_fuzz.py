@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 import tomli_w
+from ar_helpers import REPO, SPACES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_autoresearch_helpers import REPO, SPACES
 
 from autoresearch.errors import AutoresearchError, StudyFileError
 from autoresearch.space import load_space
-from autoresearch.study_file import KEYS, METRICS, load_study_file
+from autoresearch.study_file import KEYS, load_study_file
+from engine.contract import METRICS
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DEMO = (REPO / "studies" / "demo.toml").read_text()
@@ -29,9 +30,21 @@ scalars = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["tpe", "random", "fleet", "one", "sqlite:///x.db", "journal:///j.log",
-                     "../search_spaces/io.toml", str(SPACES / "io.toml"), "maximize", "lru"]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "tpe",
+            "random",
+            "fleet",
+            "one",
+            "sqlite:///x.db",
+            "journal:///j.log",
+            "../search_spaces/io.toml",
+            str(SPACES / "io.toml"),
+            "maximize",
+            "lru",
+        ]
+    ),
+)
 values = st.recursive(
     scalars,
     lambda inner: st.one_of(
@@ -128,14 +141,27 @@ def test_space_file_that_is_not_utf8_via_the_study(tmp_path: Path) -> None:
 @SETTINGS
 @given(
     st.dictionaries(
-        st.sampled_from(["io_threads", "cache_fraction", "cache_policy", "prefetch", "bogus",
-                         "quant_bits", "prefetch_depth", "cache_bytes"]),
-        st.dictionaries(st.sampled_from(["low", "high", "step", "log", "choices", "when", "x"]),
-                        values, max_size=4),
+        st.sampled_from(
+            [
+                "io_threads",
+                "cache_fraction",
+                "cache_policy",
+                "prefetch",
+                "bogus",
+                "quant_bits",
+                "prefetch_depth",
+                "cache_bytes",
+            ]
+        ),
+        st.dictionaries(
+            st.sampled_from(["low", "high", "step", "log", "choices", "when", "x"]),
+            values,
+            max_size=4,
+        ),
         max_size=4,
     ),
     st.dictionaries(st.sampled_from(["io_mode", "cache_bytes", "nope"]), values, max_size=2),
-)  # fmt: skip
+)
 def test_space_parser_structured(knobs: dict[str, Any], fixed: dict[str, Any]) -> None:
     _load("space", tomli_w.dumps({"knobs": knobs, "fixed": fixed}).encode())
 

@@ -1,7 +1,7 @@
 """Many workers on one study: a real PostgreSQL server, a JournalStorage file, SQLite.
 
 Workers are real `autoresearch worker|run` processes; only the probe child is the stand-in of
-test_autoresearch_helpers (sleeping a little, so overlapping probes would show in the recorded
+ar_helpers (sleeping a little, so overlapping probes would show in the recorded
 probe_start/probe_end times).
 """
 
@@ -20,14 +20,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from ar_helpers import REPO, STAND_IN, process_gone, write_study
 from optuna.trial import FrozenTrial, TrialState
 from pg_server import PASSWORD, PgServer, find_bin_dir, running_server
-from test_autoresearch_helpers import REPO, STAND_IN, process_gone, tiny, write_study
 
 from autoresearch.storage import open_study
 from autoresearch.study_file import load_study_file
-
-__all__ = ["tiny"]
 
 SLOW_STAND_IN = STAND_IN.replace('print("some log line")', 'time.sleep(0.3)\nprint("x")')
 ENV = {**os.environ, "AR_TEST_PG_PASSWORD": PASSWORD}
@@ -83,10 +81,14 @@ def _trials(p: Path) -> list[FrozenTrial]:
 
 def _assert_no_overlap(trials: list[FrozenTrial]) -> None:
     spans = sorted(
-        (datetime.fromisoformat(t.user_attrs["probe_start"]),
-         datetime.fromisoformat(t.user_attrs["probe_end"]), t.number)
-        for t in trials if "probe_start" in t.user_attrs
-    )  # fmt: skip
+        (
+            datetime.fromisoformat(t.user_attrs["probe_start"]),
+            datetime.fromisoformat(t.user_attrs["probe_end"]),
+            t.number,
+        )
+        for t in trials
+        if "probe_start" in t.user_attrs
+    )
     assert len(spans) >= 2
     for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         assert end <= start, f"probes of trials {a} and {b} overlapped on one machine"

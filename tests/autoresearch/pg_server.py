@@ -75,16 +75,38 @@ def running_server() -> Iterator[PgServer]:
     run = {"check": True, "capture_output": True, "timeout": 120}
     try:
         subprocess.run(
-            [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", USER, "-A",
-             "scram-sha-256", f"--pwfile={pwfile}", "--no-sync"],
+            [
+                *prefix,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                USER,
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--no-sync",
+            ],
             **run,
-        )  # fmt: skip
+        )
         opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
         subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-             str(root / "log"), "-w", "-t", "60", "start"],
+            [
+                *prefix,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
             **run,
-        )  # fmt: skip
+        )
         yield PgServer("127.0.0.1", port)
     finally:
         subprocess.run(

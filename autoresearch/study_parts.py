@@ -76,7 +76,27 @@ def fidelity(path: Path, t: Any, space: Space) -> tuple[str, float]:
             f"knobs, but {space.path} varies {', '.join(bad)}; fix them in [fixed] or use "
             "screen = 'none'"
         )
+    if screen == "trace":
+        for knob, limit in (("prefetch_depth", contract.TRACE_RANK_DEPTH),
+                            ("prefetch_width", contract.TRACE_RANK_WIDTH)):
+            most = _largest(space, knob)
+            if most is not None and most > limit:
+                raise StudyFileError(
+                    f"{path}: fidelity.screen = 'trace' models {knob} up to {limit} (what a "
+                    f"routing trace records), but {space.path} reaches {most}; lower it or use "
+                    "screen = 'none'"
+                )
     return screen, float(keep)
+
+
+def _largest(space: Space, name: str) -> Any:
+    """The largest value the space can give knob `name` (None: it does not vary or fix it)."""
+    values = [space.fixed[name]] if name in space.fixed else []
+    for k in space.knobs:
+        if k.name == name:
+            values += list(k.choices) if k.choices is not None else [k.high]
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return max(numbers, default=None)
 
 
 def key_text(k: object) -> str:

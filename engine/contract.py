@@ -32,12 +32,19 @@ __all__ = [
     "SYNTH_FAMILIES",
     "SYNTH_PRESETS",
     "TOY_PRESETS",
+    "TRACE_RANK_DEPTH",
+    "TRACE_RANK_WIDTH",
     "Direction",
     "Knob",
     "Metric",
 ]
 
 ALIGN = 4096  # O_DIRECT needs buffers, offsets and sizes aligned to the logical block size
+# A routing trace (engine.measure.trace) ranks the next TRACE_RANK_DEPTH layers'
+# TRACE_RANK_WIDTH likeliest experts: the deepest/widest prefetch the simulator can model (the
+# search spaces search prefetch_depth 1-4 and prefetch_width 0-16).
+TRACE_RANK_DEPTH = 4
+TRACE_RANK_WIDTH = 32
 
 Direction = Literal["maximize", "minimize"]
 DIRECTIONS: tuple[Direction, ...] = ("maximize", "minimize")

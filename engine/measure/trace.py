@@ -16,13 +16,13 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from engine import contract
 from engine.errors import ProbeError
 from engine.prefetch import rank_experts
 
 PREFILL, DECODE = 0, 1
-RANK_DEPTH = 4  # next layers whose router rankings are recorded (row 0 is the layer itself):
-# the search spaces search prefetch_depth 1-4
-RANK_WIDTH = 32  # experts ranked per layer (enough for prefetch_width up to 32)
+RANK_DEPTH = contract.TRACE_RANK_DEPTH  # next layers whose router rankings are recorded
+RANK_WIDTH = contract.TRACE_RANK_WIDTH  # experts ranked per layer (row 0: the layer itself)
 
 
 @dataclass

@@ -152,3 +152,25 @@ def test_trace_screen_needs_a_cache_prefetch_only_space(
     p.write_text(p.read_text().replace('screen = "trace"', 'screen = "magic"'))
     with pytest.raises(StudyFileError, match=r"fidelity\.screen"):
         load_study_file(p)
+
+
+@pytest.mark.parametrize(
+    ("knob", "limit"),
+    [("prefetch_depth", "low = 1\nhigh = 8"), ("prefetch_width", "choices = [4, 64]")],
+)
+def test_trace_screen_refuses_prefetch_a_trace_does_not_record(
+    tmp_path: Path, tiny: tuple[Path, Path], knob: str, limit: str
+) -> None:
+    """A trace ranks 4 layers ahead, 32 experts each: a space reaching past that is refused at
+    load rather than simulated as if capped."""
+    from engine import contract
+
+    space = tmp_path / "deep.toml"
+    space.write_text(CACHE_ONLY + f"\n[knobs.{knob}]\n{limit}\n")
+    p = write_study(tmp_path, store=tiny[1], kind=None, space=str(space))
+    p.write_text(p.read_text() + '\n[fidelity]\nscreen = "trace"\n')
+    cap = contract.TRACE_RANK_DEPTH if knob == "prefetch_depth" else contract.TRACE_RANK_WIDTH
+    with pytest.raises(StudyFileError, match=rf"models {knob} up to {cap}"):
+        load_study_file(p)
+    space.write_text(CACHE_ONLY + f"\n[knobs.{knob}]\nlow = 1\nhigh = {cap}\n")
+    load_study_file(p)  # at the limit: accepted

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import json
-import math
 import signal
 import threading
 import time
@@ -46,13 +43,13 @@ from autoresearch.display import Display
 from autoresearch.errors import AutoresearchError
 from autoresearch.hostlock import ask_lock
 from autoresearch.optuna_view import label_study
+from autoresearch.record import fail, requeue, skip_duplicate, store_metrics, store_noise_floor
 from autoresearch.storage import (
     OptunaInternals,
     fail_stale,
     make_sampler,
     open_study,
     recover_abandoned,
-    retry_attrs,
     still_running,
     worker_attrs,
 )
@@ -158,15 +155,15 @@ def _run(
             except OSError as e:
                 if trial is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
                     with contextlib.suppress(Exception):  # the study's own disk may be full
-                        _fail(study, trial, f"disk full: {e.filename or e}")
-                        _requeue(study, trial)
+                        fail(study, trial, f"disk full: {e.filename or e}")
+                        requeue(study, trial)
                 raise
             except KeyboardInterrupt:
                 summary.interrupted = True
                 # Ctrl-C may land after the trial was told (complete, failed, screened).
                 if trial is not None and still_running(study, trial):
-                    _fail(study, trial, "interrupted: Ctrl-C or SIGTERM during the trial")
-                    _requeue(study, trial)
+                    fail(study, trial, "interrupted: Ctrl-C or SIGTERM during the trial")
+                    requeue(study, trial)
                     display.note(f"trial {trial.number}: interrupted; re-enqueued for the next run")
                 break
             summary.completed += ok is True
@@ -248,7 +245,7 @@ def _one_trial(
             knobs.get("quant_bits"), knobs.get("quant_group_size"), knobs.get("layout")
         )
     except AutoresearchError as e:
-        _fail(study, trial, f"store variant: {e}")
+        fail(study, trial, f"store variant: {e}")
         return False
     extra: dict[str, Any] = {}
     if spec.memory_budget is not None:
@@ -261,7 +258,7 @@ def _one_trial(
         config = to_config(knobs, expert_bytes=store.expert_bytes, extra=extra,
                            top_k=store.top_k or None)  # fmt: skip
     except ConfigError as e:
-        _fail(study, trial, f"config: {e}")
+        fail(study, trial, f"config: {e}")
         return False
     trial.set_user_attr("store", str(store.path))
     trial.set_user_attr("store_fingerprint", store.fingerprint)
@@ -272,7 +269,7 @@ def _one_trial(
         return fleet.duplicate_of(study, trial.number, key, machine, spec.machines == "fleet")
 
     if (first := twin()) is not None:
-        return _skip_duplicate(study, trial, first, display)
+        return skip_duplicate(study, trial, first, display)
     if spec.screen == "trace" and not baseline:
         display.phase("screening")
     if spec.screen == "trace" and not baseline and not _screen(spec, study, trial, store, config):
@@ -313,30 +310,23 @@ def _one_trial(
         result = measure()
         trial.set_user_attr("measurements", repeats)
     if result.skipped is not None:
-        return _skip_duplicate(study, trial, int(result.skipped), display)
+        return skip_duplicate(study, trial, int(result.skipped), display)
     trial.set_user_attr("wall_s", round(result.wall_s, 3))
     if result.probe_start is not None:
         trial.set_user_attr("probe_start", result.probe_start)
         trial.set_user_attr("probe_end", result.probe_end)
     if result.error is not None:
-        _fail(study, trial, result.error)
+        fail(study, trial, result.error)
         return False
-    _store_metrics(study, trial, result)
+    store_metrics(study, trial, result)
     for c in spec.constraints:
         trial.set_constraint(c.metric, c.value(result.metrics))
     values = [float(result.metrics[m]) for m, _ in spec.objectives]
     if baseline:
         # Before tell: a complete baseline is never re-run, so a kill between would lose it.
-        _store_noise_floor(study, result.metrics, machine)
+        store_noise_floor(study, result.metrics, machine)
     study.tell(trial, values)
     return True
-
-
-def _skip_duplicate(study: optuna.Study, trial: optuna.Trial, twin: int, display: Display) -> str:
-    trial.set_user_attr("duplicate_of", twin)
-    study.tell(trial, state=TrialState.PRUNED)
-    display.note(f"trial {trial.number}: same config as trial {twin}; not measured again")
-    return "duplicate"
 
 
 _SCREENERS: dict[str, Any] = {}  # store path -> Screener, recorded once per process
@@ -359,52 +349,3 @@ def _screen(spec: StudySpec, study: optuna.Study, trial: optuna.Trial, store: An
         record_saved(study)  # one study-level count of full probes saved, whichever screen
         study.tell(trial, state=TrialState.PRUNED)
     return keep
-
-
-def _store_metrics(study: optuna.Study, trial: optuna.Trial, result: ProbeResult) -> None:
-    m = result.metrics
-    for key, value in m.items():
-        if key in ("config", "machine", "spread", "samples"):
-            continue
-        if isinstance(value, int | float | str | bool) and not (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
-            trial.set_user_attr(key, value)
-    trial.set_user_attr("spread", m.get("spread", {}))
-    trial.set_user_attr("samples", m.get("samples", {}))
-    trial.set_user_attr("probe_config", m.get("config", {}))
-    machine = m.get("machine")
-    if isinstance(machine, dict):
-        mid = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
-        trial.set_user_attr("machine_id", mid)
-        if "machine" not in study.user_attrs:
-            study.set_user_attr("machine", machine)
-            study.set_user_attr("machine_id", mid)
-
-
-def _store_noise_floor(study: optuna.Study, metrics: dict[str, Any], machine: str) -> None:
-    """Spread of the repeated baseline, absolute and relative to its median, per metric.
-
-    Per machine as `noise_floor_<fingerprint>`; `noise_floor` is the study's first machine's.
-    """
-    floor: dict[str, dict[str, float]] = {}
-    for name, spread in (metrics.get("spread") or {}).items():
-        median = metrics.get(name)
-        if not isinstance(spread, int | float) or not isinstance(median, int | float):
-            continue
-        rel = abs(spread / median) if median else 0.0
-        floor[name] = {"spread": float(spread), "relative": rel}
-    study.set_user_attr(f"noise_floor_{machine}", floor)
-    if study.user_attrs.get(fleet.MACHINE_KEY, machine) == machine:
-        study.set_user_attr("noise_floor", floor)
-
-
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    trial.set_user_attr("fail_reason", reason)
-    study.tell(trial, state=TrialState.FAIL)
-
-
-def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
-    # An enqueued trial's own params (the baseline's defaults), even if Ctrl-C cut suggest short.
-    params = {**OptunaInternals(study).fixed_params(trial), **trial.params}
-    study.enqueue_trial(params, user_attrs=retry_attrs(trial.number, trial.user_attrs))

@@ -33,7 +33,7 @@ class HostBridge:
     (or already converted) are served back from `recent` without a conversion."""
 
     KEEP = 8  # pairs remembered: a layer hands over a few; the oldest go first
-    KEEP_BYTES = 8 << 20  # a prompt's logits must not stay alive here
+    KEEP_BYTES = 2 << 20  # a prompt's hidden states, not its logits (they would stay alive here)
 
     def __init__(self) -> None:
         self.syncs = 0

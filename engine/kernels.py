@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 FMT_Q4, FMT_Q8, FMT_BF16, FMT_F32 = 0, 1, 2, 3
@@ -100,6 +101,32 @@ def _bits_to_f32(typingctx, u):  # type: ignore[no-untyped-def]
         return builder.bitcast(v, ir.FloatType())
 
     return types.float32(u), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, w, o, off):  # type: ignore[no-untyped-def]
+    """Hint the cache line at byte `off` after w[o, 0, 0] (w: C-contiguous uint8 3-D) into the
+    cache. The hardware prefetcher stops at each 4 KiB page and one pass of R rows reads about
+    one page, so without this every pass began with misses to RAM: a decode layer's 8 experts
+    (4-bit) took ~700 us from RAM against ~400 us with their weights in cache."""
+    if not isinstance(w, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        base = cgutils.get_item_pointer(
+            context, builder, aryty, ary, [args[1], zero, zero], wraparound=False
+        )
+        ptr = builder.gep(base, [args[2]])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(w, o, off), codegen
 
 
 @njit(cache=True, inline="always")
@@ -215,8 +242,11 @@ def _hi(typingctx, v):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def _q4_pass(w, xa, xb, o, n, p):  # type: ignore[no-untyped-def]
     """p[r, lane] = partial dot of row o+r, r < n; R rows at once share each load of x."""
-    _, steps, lanes = w.shape
+    o_all, steps, lanes = w.shape
     p[:] = 0.0
+    if o + 2 * R <= o_all:  # the next pass's rows come from RAM while this one computes
+        for off in range(0, R * steps * lanes, 64):
+            _prefetch(w, o + R, off)
     if n == R:  # written out row by row: a loop over r here is not vectorized
         for jj in range(steps):
             for ln in range(lanes):
@@ -247,8 +277,11 @@ def _q4_pass(w, xa, xb, o, n, p):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def _q8_pass(w, xa, o, n, p):  # type: ignore[no-untyped-def]
-    _, steps, lanes = w.shape
+    o_all, steps, lanes = w.shape
     p[:] = 0.0
+    if o + 2 * R <= o_all:
+        for off in range(0, R * steps * lanes, 64):
+            _prefetch(w, o + R, off)
     if n == R:
         for jj in range(steps):
             for ln in range(lanes):

@@ -143,6 +143,7 @@ class StreamingSwitchGLU(nn.Module):
         return y.astype(out_dtype).reshape(*lead, k, d)
 
     def _call_cpu(self, x: mx.array, indices: mx.array) -> mx.array:
+        """SwitchGLU's call on the CPU kernels: two host syncs (routing, x), see host_experts."""
         *lead, d = x.shape
         k = indices.shape[-1]
         flat_idx = HOST.to_host(indices, None).reshape(-1).astype(np.int64)  # routing before reads

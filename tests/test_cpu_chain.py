@@ -63,9 +63,12 @@ def test_host_bridge_counts_only_conversions_of_mlx_results() -> None:
     assert bridge.syncs == 1
     bridge.to_host(b)  # converted once already
     assert bridge.syncs == 1
+    ids = mx.array([3, 1], mx.uint32)  # routing ids keep their dtype and are not remembered
+    assert bridge.to_host(ids, None).dtype == np.uint32 and bridge.syncs == 2
+    assert bridge.to_host(ids).dtype == np.float32 and bridge.syncs == 3
     big = bridge.from_host(np.zeros(HostBridge.KEEP_BYTES // 4 + 1, np.float32))
     bridge.to_host(big)  # too big to keep alive (a prompt's logits): converted again
-    assert bridge.syncs == 2
+    assert bridge.syncs == 4
 
 
 def test_routing_by_hand() -> None:

@@ -9,11 +9,16 @@ For each store (the preset packed at each --bits), side by side in one process:
   store's precision + every dense weight at its own (the embedding table excluded when the
   model has a separate lm_head) -> roofline tok/s = bandwidth / bytes;
 - the engine with every expert cached (CPU compute path): sustained decode tok/s, ratio to the
-  roofline, where a token's time goes (kernels / I/O wait / the rest: MLX ops + Python), and
-  TTFT of the suite's prompts;
+  roofline, host syncs per token, where a token's time goes (kernels / MLX evaluation at the
+  host syncs / I/O wait / the rest: Python, numpy glue, MLX graph building), and TTFT of the
+  suite's prompts;
 - mlx-lm's own resident model (float32, MLX's CPU BLAS) on the same prompt;
-- with --io-bound: cache 10% of the experts, direct I/O, next_layer prefetch: decode tok/s,
-  io_stall_fraction, and time/token beside max(I/O time, all-cached compute time).
+- with --io-bound: cache 10% of the experts, direct I/O, next_layer prefetch, compute_wait
+  sleep (what a tuned user runs there: spinning kernel threads take the cores the readers
+  need), in a fresh process (the wait policy is fixed when the threads start): decode tok/s,
+  io_stall_fraction, and time/token beside the disk bound (bytes read per token / the store's
+  random-read bandwidth at the same read size and threads) and the all-cached compute time;
+  the row says which one bounds it.
 Prints `key: value` lines.
 """
 
@@ -27,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.streaming_vs_resident import ensure_store, suite_for  # noqa: E402
 from engine import kernels as K  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
+from engine.cpu_linear import HOST  # noqa: E402
 from engine.generate import generate  # noqa: E402
 from engine.model import load_reference  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
@@ -78,16 +85,32 @@ def _safetensors_header(path: Path) -> bytes:
 
 
 class KernelClock:
-    """Seconds spent inside the engine's kernels (wraps the module functions the engine calls)."""
+    """Seconds spent inside the engine's kernels (wraps the module functions the engine calls)
+    and in the host syncs: an MLX->numpy conversion waits for MLX to evaluate the graph
+    behind it (attention, and where layers are not host-chained, norms and routing), so that
+    time is MLX's compute plus the hand-over."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.sync_seconds = 0.0
+        self.syncs = 0
         self.by_kernel: dict[str, float] = {}
         self._orig = {name: getattr(K, name) for name in ("expert_ffn", "linear")}
 
     def __enter__(self) -> KernelClock:
         for name, fn in self._orig.items():
             setattr(K, name, self._timed(name, fn))
+        to_host = HOST.to_host
+        self._syncs0 = HOST.syncs
+
+        def timed_to_host(x, dtype=mx.float32):  # type: ignore[no-untyped-def]
+            n0, t0 = HOST.syncs, time.perf_counter()
+            out = to_host(x, dtype)
+            if HOST.syncs != n0:  # a conversion, not an array handed over from numpy
+                self.sync_seconds += time.perf_counter() - t0
+            return out
+
+        HOST.to_host = timed_to_host  # type: ignore[method-assign]
         return self
 
     def _timed(self, name, fn):  # type: ignore[no-untyped-def]
@@ -103,6 +126,8 @@ class KernelClock:
     def __exit__(self, *exc: object) -> None:
         for name, fn in self._orig.items():
             setattr(K, name, fn)
+        del HOST.to_host  # the instance attribute: back to the method
+        self.syncs = HOST.syncs - self._syncs0
 
 
 def all_cached(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
@@ -119,7 +144,12 @@ def all_cached(store: Store, prompts: list[list[int]], tokens: int, warmup: int)
                 lat.extend(g.token_s[warmup:])
             wall = sum(lat) + sum(ttfts)
         c1 = eng.counters()
+        passes = len(prompts) * tokens  # one prefill + (tokens - 1) decode steps per prompt
         return {
+            "syncs_per_token": kc.syncs / passes,
+            "sync_share": kc.sync_seconds / wall,
+            "chained_layers": eng.chained_layers,
+            "layers": len(store.layers),
             "decode_tok_s": len(lat) / sum(lat),
             "ttft_s": statistics.median(ttfts),
             "kernel_share": kc.seconds / wall,
@@ -140,27 +170,51 @@ def resident(src: Path, prompt: list[int], tokens: int, warmup: int) -> float:
 
 
 def io_bound(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
+    """Decode tok/s over the sustained steps; stall share, bytes read and time per token over
+    whole generations (prompt included), so the disk bound compares like with like."""
+    from engine.arena import slot_bytes
     from engine.measure.probe import store_files
     from engine.pagecache import evict_all
 
-    with Engine(store, EngineConfig(cache_bytes=0, compute_path="cpu")) as e:
-        entry = e.entry_bytes
-    cache = entry * store.num_experts * len(store.layers) // 10
+    # no Engine before this one: the first starts the kernels' threads with its wait policy
+    cache = slot_bytes(store) * store.num_experts * len(store.layers) // 10
     cfg = EngineConfig(cache_bytes=cache, io_mode="direct", prefetch="next_layer",
-                       io_threads=8, compute_path="cpu")  # fmt: skip
+                       io_threads=8, compute_path="cpu", compute_wait="sleep")  # fmt: skip
     evict_all(store_files(store))
     with Engine(store, cfg) as eng:
-        lat, stall = [], 0.0
+        lat, wall = [], 0.0
         c0 = eng.counters()
         for p in prompts:
             g = eng.generate(p, tokens)
             lat.extend(g.token_s[warmup:])
+            wall += g.ttft_s + sum(g.token_s)
         c1 = eng.counters()
-        stall = c1["stall_s"] - c0["stall_s"]
-        n_tok = len(prompts) * tokens
-        read = (c1["bytes_read"] - c0["bytes_read"]) / n_tok
-    return {"decode_tok_s": len(lat) / sum(lat), "io_stall_fraction": stall / (sum(lat) or 1),
-            "bytes_read_per_token": read, "cache_bytes": cache}  # fmt: skip
+    n_tok = len(prompts) * tokens
+    return {"decode_tok_s": len(lat) / sum(lat),
+            "io_stall_fraction": (c1["stall_s"] - c0["stall_s"]) / wall,
+            "bytes_read_per_token": (c1["bytes_read"] - c0["bytes_read"]) / n_tok,
+            "time_per_token_s": wall / n_tok, "cache_bytes": cache}  # fmt: skip
+
+
+def io_row(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
+    """The I/O-bound config plus the disk bound at its read size; run in a fresh process."""
+    from engine.measure.diskbench import measure_read_bandwidth
+
+    io = io_bound(store, prompts, tokens, warmup)
+    io["disk_gb_s"] = measure_read_bandwidth(store.layer_file(store.moe_layers[0]),
+                                             store.expert_span, 8, "direct", 256 << 20,
+                                             pattern="random")  # fmt: skip
+    return io
+
+
+def io_row_in_child(args: argparse.Namespace, bits: int) -> dict:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--preset", args.preset, "--bits", str(bits),
+           "--tokens", str(args.tokens), "--prompts", str(args.prompts),
+           "--warmup", str(args.warmup), "--io-row-json"]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,9 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=4, help="first decode steps excluded")
     ap.add_argument("--io-bound", action="store_true", help="also run the I/O-bound config")
     ap.add_argument("--no-resident", action="store_true", help="skip mlx-lm resident (slow)")
+    ap.add_argument("--io-row-json", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args(argv)
     import os
 
+    if args.io_row_json:
+        src, store = ensure_store(args.preset, bits=int(args.bits))
+        prompts = [list(p.ids) for p in suite_for(store, args.prompts, args.tokens).prompts]
+        print(json.dumps(io_row(store, prompts, args.tokens, args.warmup)))
+        return 0
     cores = os.cpu_count() or 1
     bw = ram_bandwidth_gb_s(cores)
     print(f"ram_bandwidth_gb_s: {bw:.1f}  (cores: {cores})")
@@ -190,33 +250,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag}_roofline_tok_s: {roof:.1f}")
         print(f"{tag}_all_cached_decode_tok_s: {r['decode_tok_s']:.2f}")
         print(f"{tag}_roofline_ratio: {r['decode_tok_s'] / roof:.3f}")
+        print(f"{tag}_host_syncs_per_token: {r['syncs_per_token']:.1f}  "
+              f"({r['layers']} layers, {r['chained_layers']} host-chained: one sync each, "
+              "+ embedding and lm_head)")  # fmt: skip
         dense = r["kernel_share"] - r["expert_share"]
         print(f"{tag}_time_share_kernels: {r['kernel_share']:.2f}  "
               f"(experts {r['expert_share']:.2f}, dense {dense:.2f})")  # fmt: skip
+        print(f"{tag}_time_share_mlx_at_syncs: {r['sync_share']:.2f}  "
+              "(MLX evaluating what the syncs wait for: attention core, embedding, "
+              "final norm)")  # fmt: skip
         print(f"{tag}_time_share_io_wait: {r['io_wait_share']:.2f}")
-        print(f"{tag}_time_share_other: {1 - r['kernel_share'] - r['io_wait_share']:.2f}"
-              "  (MLX ops: attention, norms, routing; Python)")  # fmt: skip
+        rest = 1 - r["kernel_share"] - r["sync_share"] - r["io_wait_share"]
+        print(f"{tag}_time_share_other: {rest:.2f}"
+              "  (Python, numpy glue: norms, routing, residuals; MLX graph building)")  # fmt: skip
         print(f"{tag}_ttft_s: {r['ttft_s']:.3f}  (prompt tokens: {len(prompts[0])})")
         if not args.no_resident:
             res = resident(src, prompts[0], args.tokens, args.warmup)
             print(f"{tag}_mlx_lm_resident_decode_tok_s: {res:.2f}  (float32, 16-bit weights)")
             print(f"{tag}_all_cached_over_resident: {r['decode_tok_s'] / res:.2f}")
         if args.io_bound:
-            io = io_bound(store, prompts, args.tokens, args.warmup)
-            from engine.measure.diskbench import measure_read_bandwidth
-
-            disk = measure_read_bandwidth(store.layer_file(store.moe_layers[0]),
-                                          store.expert_span, 8, "direct", 256 << 20,
-                                          pattern="random")  # fmt: skip
-            io_s = io["bytes_read_per_token"] / (disk * 1e9)
-            bound = max(io_s, 1 / r["decode_tok_s"])
-            print(f"{tag}_io_bound_cache_bytes: {io['cache_bytes']}")
+            io = io_row_in_child(args, bits)
+            io_s = io["bytes_read_per_token"] / (io["disk_gb_s"] * 1e9)
+            comp = 1 / r["decode_tok_s"]
+            per_tok = io["time_per_token_s"]  # whole generations, like the bytes read
+            print(f"{tag}_io_bound_cache_bytes: {io['cache_bytes']}  "
+                  "(10% of experts, direct I/O, next_layer prefetch, 8 threads, "
+                  "compute_wait sleep)")  # fmt: skip
             print(f"{tag}_io_bound_decode_tok_s: {io['decode_tok_s']:.2f}")
             print(f"{tag}_io_bound_io_stall_fraction: {io['io_stall_fraction']:.2f}")
-            per_tok = 1 / io["decode_tok_s"]
-            comp = 1 / r["decode_tok_s"]
-            print(f"{tag}_io_bound_time_per_token_s: {per_tok:.4f}  "
-                  f"(max(io {io_s:.4f}, compute {comp:.4f}) = {bound:.4f})")  # fmt: skip
+            print(f"{tag}_io_bound_disk_bound_tok_s: {1 / io_s:.2f}  "
+                  f"({io['bytes_read_per_token'] / 1e6:.1f} MB read per token at "
+                  f"{io['disk_gb_s']:.2f} GB/s random reads)")  # fmt: skip
+            which = "disk" if io_s >= comp else "compute"
+            print(f"{tag}_io_bound_time_per_token_s: {per_tok:.4f}  (prompts included; "
+                  f"disk {io_s:.4f}, all-cached compute {comp:.4f}: {which}-bound, "
+                  f"at {max(io_s, comp) / per_tok:.2f} of that bound)")  # fmt: skip
     return 0
 
 

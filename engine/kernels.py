@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 FMT_Q4, FMT_Q8, FMT_BF16, FMT_F32 = 0, 1, 2, 3
@@ -102,6 +103,32 @@ def _bits_to_f32(typingctx, u):  # type: ignore[no-untyped-def]
     return types.float32(u), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, w, o, off):  # type: ignore[no-untyped-def]
+    """Hint the cache line at byte `off` after w[o, 0, 0] (w: C-contiguous uint8 3-D) into the
+    cache. The hardware prefetcher stops at each 4 KiB page and one pass of R rows reads about
+    one page, so without this every pass began with misses to RAM: a decode layer's 8 experts
+    (4-bit) took ~700 us from RAM against ~400 us with their weights in cache."""
+    if not isinstance(w, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        base = cgutils.get_item_pointer(
+            context, builder, aryty, ary, [args[1], zero, zero], wraparound=False
+        )
+        ptr = builder.gep(base, [args[2]])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(w, o, off), codegen
+
+
 @njit(cache=True, inline="always")
 def _up_nb(n: int) -> int:
     return (n + 63) // 64 * 64
@@ -132,7 +159,11 @@ def _rows(buf: np.ndarray, m: np.ndarray, x: np.ndarray, r0: int, r1: int, out: 
             out[o - r0] = acc
 
 
-R = 4  # rows per pass: independent accumulator chains that share each load of x
+# Rows per pass: independent accumulator chains that share each load of x. A row's partial sums
+# live in memory (p), so each step waits on a store->load round trip; 8 chains in flight hide it
+# (4-bit GEMV on one core, 512x1024: 4 rows 12.9 GB/s, 8 rows 18.9; 12 or more rows and LLVM
+# stops vectorizing: 2 GB/s). Per row the arithmetic is the same, so results do not change.
+R = 8
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True, inline="always")
@@ -211,17 +242,31 @@ def _hi(typingctx, v):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def _q4_pass(w, xa, xb, o, n, p):  # type: ignore[no-untyped-def]
     """p[r, lane] = partial dot of row o+r, r < n; R rows at once share each load of x."""
-    _, steps, lanes = w.shape
+    o_all, steps, lanes = w.shape
     p[:] = 0.0
-    if n == R:
+    if o + 2 * R <= o_all:  # the next pass's rows come from RAM while this one computes
+        for off in range(0, R * steps * lanes, 64):
+            _prefetch(w, o + R, off)
+    if n == R:  # written out row by row: a loop over r here is not vectorized
         for jj in range(steps):
             for ln in range(lanes):
                 e, d = xa[jj, ln], xb[jj, ln]
-                v0, v1, v2, v3 = w[o, jj, ln], w[o + 1, jj, ln], w[o + 2, jj, ln], w[o + 3, jj, ln]
-                p[0, ln] += _lo(v0) * e + _hi(v0) * d
-                p[1, ln] += _lo(v1) * e + _hi(v1) * d
-                p[2, ln] += _lo(v2) * e + _hi(v2) * d
-                p[3, ln] += _lo(v3) * e + _hi(v3) * d
+                v = w[o, jj, ln]
+                p[0, ln] += _lo(v) * e + _hi(v) * d
+                v = w[o + 1, jj, ln]
+                p[1, ln] += _lo(v) * e + _hi(v) * d
+                v = w[o + 2, jj, ln]
+                p[2, ln] += _lo(v) * e + _hi(v) * d
+                v = w[o + 3, jj, ln]
+                p[3, ln] += _lo(v) * e + _hi(v) * d
+                v = w[o + 4, jj, ln]
+                p[4, ln] += _lo(v) * e + _hi(v) * d
+                v = w[o + 5, jj, ln]
+                p[5, ln] += _lo(v) * e + _hi(v) * d
+                v = w[o + 6, jj, ln]
+                p[6, ln] += _lo(v) * e + _hi(v) * d
+                v = w[o + 7, jj, ln]
+                p[7, ln] += _lo(v) * e + _hi(v) * d
     else:  # the last rows when O is not a multiple of R
         for r in range(n):
             for jj in range(steps):
@@ -232,8 +277,11 @@ def _q4_pass(w, xa, xb, o, n, p):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def _q8_pass(w, xa, o, n, p):  # type: ignore[no-untyped-def]
-    _, steps, lanes = w.shape
+    o_all, steps, lanes = w.shape
     p[:] = 0.0
+    if o + 2 * R <= o_all:
+        for off in range(0, R * steps * lanes, 64):
+            _prefetch(w, o + R, off)
     if n == R:
         for jj in range(steps):
             for ln in range(lanes):
@@ -242,6 +290,10 @@ def _q8_pass(w, xa, o, n, p):  # type: ignore[no-untyped-def]
                 p[1, ln] += np.float32(w[o + 1, jj, ln]) * e
                 p[2, ln] += np.float32(w[o + 2, jj, ln]) * e
                 p[3, ln] += np.float32(w[o + 3, jj, ln]) * e
+                p[4, ln] += np.float32(w[o + 4, jj, ln]) * e
+                p[5, ln] += np.float32(w[o + 5, jj, ln]) * e
+                p[6, ln] += np.float32(w[o + 6, jj, ln]) * e
+                p[7, ln] += np.float32(w[o + 7, jj, ln]) * e
     else:
         for r in range(n):
             for jj in range(steps):
@@ -283,21 +335,25 @@ def expert_ffn(
 ) -> None:
     """SwiGLU experts: for expert i (its weights in arena[slots[i]], matrices gate, up, down
     described by mats rows 0..2) and each of its pairs p in ptr[i]..ptr[i+1]:
-    out[p] = down(silu(gate(x[pair_tok[p]])) * up(x[pair_tok[p]])). Experts split across
-    threads. arena (S, B) uint8; x (T, D) float32; out (P, D) float32."""
+    out[p] = down(silu(gate(x[pair_tok[p]])) * up(x[pair_tok[p]])). Pairs split across
+    threads (not experts: in a prompt one expert may have 10 tokens and the next 1, and the
+    threads would wait for the busiest); consecutive pairs share an expert, so a thread's
+    weights stay in its cache. arena (S, B) uint8; x (T, D) float32; out (P, D) float32."""
     inter = mats[0, M_O]
     d_out = mats[2, M_O]
-    for i in prange(slots.size):
-        buf = arena[slots[i]]
+    owner = np.empty(ptr[slots.size], np.int64)  # expert index of each pair
+    for i in range(slots.size):
+        owner[ptr[i] : ptr[i + 1]] = i
+    for p in prange(owner.size):
+        buf = arena[slots[owner[p]]]
         g = np.empty(inter, np.float32)
         u = np.empty(inter, np.float32)
         h = np.empty(inter, np.float32)
-        for p in range(ptr[i], ptr[i + 1]):
-            xt = x[pair_tok[p]]
-            _rows(buf, mats[0], xt, 0, inter, g)
-            _rows(buf, mats[1], xt, 0, inter, u)
-            _silu_mul(g, u, h)
-            _rows(buf, mats[2], h, 0, d_out, out[p])
+        xt = x[pair_tok[p]]
+        _rows(buf, mats[0], xt, 0, inter, g)
+        _rows(buf, mats[1], xt, 0, inter, u)
+        _silu_mul(g, u, h)
+        _rows(buf, mats[2], h, 0, d_out, out[p])
 
 
 def set_wait_policy(wait: str) -> bool:

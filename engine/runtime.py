@@ -19,6 +19,7 @@ from engine import kernels
 from engine.arena import ExpertArena, cpu_experts_unsupported, slot_bytes
 from engine.cache import ExpertCache
 from engine.config import EngineConfig
+from engine.cpu_chain import chain_layers
 from engine.cpu_linear import keep_embeddings_16bit, use_cpu_linears
 from engine.errors import ConfigError, MemoryBudgetError
 from engine.families import text_config
@@ -195,6 +196,8 @@ class Engine:
         )
         for block in streaming_blocks(self.model):
             block.bind(self.provider, dtype, arena=self.arena)
+        # CPU path: layers whose math is plain pre-norm + softmax routing stay on the host
+        self.chained_layers = chain_layers(self.model) if cpu else 0
         self.cache_bytes = cache_bytes
         self._scan_due, self._scanned = 0.0, 0  # memory_bytes: the last page-cache scan
 

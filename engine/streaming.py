@@ -15,6 +15,7 @@ import mlx.nn as nn
 import numpy as np
 
 from engine import kernels as K
+from engine.cpu_linear import HOST
 from engine.errors import NonFiniteError
 
 Weights = dict[str, mx.array]  # 'gate_proj.weight' -> array, plus '.scales'/'.biases' if quantized
@@ -142,14 +143,23 @@ class StreamingSwitchGLU(nn.Module):
         return y.astype(out_dtype).reshape(*lead, k, d)
 
     def _call_cpu(self, x: mx.array, indices: mx.array) -> mx.array:
-        """CPU kernels: every (token, slot) pair grouped by expert, a group of at most
-        `work_slots` experts computed by one multi-threaded kernel call; a prompt's tokens
-        routed to one expert go through it together (prefill), in bounded memory."""
+        """SwitchGLU's call on the CPU kernels: two host syncs (routing, x), see host_experts."""
         *lead, d = x.shape
         k = indices.shape[-1]
-        flat_idx = np.array(indices.reshape(-1))  # (T*k,): routing known before any read
-        xt = x.reshape(-1, d)  # (T, D)
-        xn = np.ascontiguousarray(np.asarray(xt.astype(mx.float32)))
+        flat_idx = HOST.to_host(indices, None).reshape(-1).astype(np.int64)  # routing before reads
+        xn = HOST.to_host(x).reshape(-1, d)  # (T, D)
+        y = self.host_experts(xn, flat_idx, k, x.reshape(-1, d))
+        return HOST.from_host(y.reshape(*lead, k, d)).astype(x.dtype)
+
+    def host_experts(
+        self, xn: np.ndarray, flat_idx: np.ndarray, k: int, x_mx: mx.array
+    ) -> np.ndarray:
+        """CPU kernels, numpy in and out: xn (T, D) float32, flat_idx (T*k,) expert ids ->
+        (T*k, D), row p the output of expert flat_idx[p] on token p // k. Pairs are grouped by
+        expert, a group of at most `work_slots` experts computed by one multi-threaded kernel
+        call; a prompt's tokens routed to one expert go through it together (prefill), in
+        bounded memory. x_mx: the same rows as MLX (for prefetch guesses and traces)."""
+        d = xn.shape[1]
         order = np.argsort(flat_idx, kind="stable")
         uniq, starts = np.unique(flat_idx[order], return_index=True)
         ptr = np.append(starts, order.size).astype(np.int64)  # pairs of expert i: ptr[i]..ptr[i+1]
@@ -160,7 +170,7 @@ class StreamingSwitchGLU(nn.Module):
             g1 = min(g0 + w, uniq.size)
             group = uniq[g0:g1].tolist()
             slots = self._provider.fetch_slots(
-                self._layer, group, xt, uniq.tolist() if g0 == 0 else None
+                self._layer, group, x_mx, uniq.tolist() if g0 == 0 else None
             )
             p0, p1 = ptr[g0], ptr[g1]
             K.expert_ffn(
@@ -176,4 +186,4 @@ class StreamingSwitchGLU(nn.Module):
             )
         y = np.empty_like(out)
         y[order] = out
-        return mx.array(y).reshape(*lead, k, d).astype(x.dtype)
+        return y

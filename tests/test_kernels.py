@@ -100,6 +100,35 @@ def test_expert_ffn_hand_checked() -> None:
     np.testing.assert_allclose(out[1], [2 * silu(1.0), 2 * silu(2.0) * 2.0], rtol=1e-6)
 
 
+def test_expert_ffn_pairs_equal_each_pair_alone() -> None:
+    # A prompt: uneven pairs per expert (4, 1, 3), split across threads by pair. Each pair's
+    # arithmetic does not depend on the split, so every output is bit-equal to the pair alone.
+    rng = np.random.default_rng(5)
+    d, inter, gs = 128, 64, 32
+    table, slot = K.layout_table(
+        [(K.FMT_Q4, inter, d, gs), (K.FMT_Q4, inter, d, gs), (K.FMT_Q4, d, inter, gs)]
+    )
+    arena = np.zeros((3, slot), np.uint8)
+    for e in range(3):
+        for r in range(3):
+            _, o, i, _, off, f = (int(v) for v in table[r])
+            w = rng.integers(0, 256, o * i // 2, dtype=np.uint8)
+            sc = (rng.standard_normal(o * i // gs) * 0.05).astype(np.float32)
+            dst = arena[e, off : off + K.matrix_bytes(K.FMT_Q4, o, i, gs)]
+            repack_quantized(w, sc, -sc, 4, K.FMT_Q4, o, i, gs, f, dst)
+    x = rng.standard_normal((6, d)).astype(np.float32)
+    slots, pair_tok = np.array([2, 0, 1]), np.array([0, 1, 2, 5, 3, 1, 4, 5])
+    ptr = np.array([0, 4, 5, 8])
+    out = np.empty((8, d), np.float32)
+    K.expert_ffn(arena, slots, table, x, pair_tok, ptr, out)
+    for p, tok in enumerate(pair_tok):
+        owner = int(np.searchsorted(ptr, p, side="right") - 1)
+        alone = np.empty((1, d), np.float32)
+        K.expert_ffn(arena, slots[owner : owner + 1], table, x, pair_tok[p : p + 1],
+                     np.array([0, 1]), alone)  # fmt: skip
+        np.testing.assert_array_equal(out[p], alone[0], err_msg=f"pair {p} (token {tok})")
+
+
 def test_arena_slots_follow_the_cache(packed_store: Callable[..., Store]) -> None:
     store = packed_store("qwen3_moe", bits=4)
     with Engine(store, EngineConfig(compute_path="cpu", cache_bytes=0)) as probe:

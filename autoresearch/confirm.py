@@ -108,8 +108,14 @@ def confirm_study(
         res.study.set_user_attr(confirmed_key(f.number), rec)
         summary.records[f.number] = rec
         summary.failures += [f"trial {f.number}: {e}" for e in errors[f.number]]
-    brec = _record(base, [(None, b) for b in base_samples], errors[base.number], when,
-                   base.number, len(base_samples))  # fmt: skip
+    brec = _record(
+        base,
+        [(None, b) for b in base_samples],
+        errors[base.number],
+        when,
+        base.number,
+        len(base_samples),
+    )
     brec["ratio_to_baseline"] = {m: 1.0 for m in brec["metrics"]}
     res.study.set_user_attr(confirmed_key(base.number), brec)
     summary.records[base.number] = brec

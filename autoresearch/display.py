@@ -76,8 +76,13 @@ class Display:
 
     def __rich__(self) -> Group:
         # Rendered at every refresh, so the current trial's elapsed time ticks on its own.
-        return Group(self.progress, self._current(), *map(plain, self.best_lines), self.front,
-                     *map(plain, self.notes[-3:]))  # fmt: skip
+        return Group(
+            self.progress,
+            self._current(),
+            *map(plain, self.best_lines),
+            self.front,
+            *map(plain, self.notes[-3:]),
+        )
 
     def _current(self) -> Table | Text:
         if self.trial_label is None:

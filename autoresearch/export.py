@@ -91,10 +91,12 @@ def pick_trial(res: Results, pick: str, limits: Limits, trial: int | None = None
     if not fits:
         known = [f for f in pool if limits.excess(f) is not None]
         closest = min(known, key=lambda f: limits.excess(f) or 0.0) if known else pool[0]
-        what = ", ".join(f"{flag} {lim:g} ({fmt.metric(m, lim)})"
-                         for m, flag, lim in limits.checks())  # fmt: skip
-        got = ", ".join(f"{m}={fmt.metric(m, closest.medians.get(m))}"
-                        for m, _, _ in limits.checks())  # fmt: skip
+        what = ", ".join(
+            f"{flag} {lim:g} ({fmt.metric(m, lim)})" for m, flag, lim in limits.checks()
+        )
+        got = ", ".join(
+            f"{m}={fmt.metric(m, closest.medians.get(m))}" for m, _, _ in limits.checks()
+        )
         if trial is not None:
             raise NoTrialFits(
                 f"{res.spec.path}: trial {trial} does not satisfy {what}: it has {got}. Relax "
@@ -143,8 +145,9 @@ def tolerances(res: Results, figs: list[Figures]) -> dict[str, float]:
     return out
 
 
-def _snap(figs: list[Figures], objectives: list[tuple[str, str]],
-          tol: dict[str, float]) -> dict[int, dict[str, float]]:  # fmt: skip
+def _snap(
+    figs: list[Figures], objectives: list[tuple[str, str]], tol: dict[str, float]
+) -> dict[int, dict[str, float]]:
     """Medians with every value within `tol` of the best set to the best: a difference the
     noise (or KL_MEANINGFUL) cannot tell apart is no difference."""
     out = {f.number: dict(f.medians) for f in figs}
@@ -169,11 +172,19 @@ def balanced(
     figures whose insignificant differences (within `tol`) are erased first."""
     snapped = _snap(fits, objectives, tol or {})
     have = [f for f in fits if all(m in f.medians for m, _ in objectives)]
-    front = [
-        f for f in have
-        if not any(dominates(snapped[g.number], snapped[f.number], objectives)
-                   for g in have if g is not f)
-    ] or pareto(fits, objectives) or fits  # fmt: skip
+    front = (
+        [
+            f
+            for f in have
+            if not any(
+                dominates(snapped[g.number], snapped[f.number], objectives)
+                for g in have
+                if g is not f
+            )
+        ]
+        or pareto(fits, objectives)
+        or fits
+    )
     objs = [(m, d) for m, d in objectives if all(m in snapped[f.number] for f in front)]
 
     def distance(f: Figures) -> float:

@@ -54,14 +54,20 @@ WARMUP = 3  # the first cheap results are always promoted: there is little to co
 MIN_TOLERANCE = 0.05  # a short probe is noisier than the floor measured on full ones
 
 
-def promote(values: list[float], seen: list[list[float]], directions: list[Direction],
-            tolerance: list[float], warmup: int = WARMUP) -> bool:  # fmt: skip
+def promote(
+    values: list[float],
+    seen: list[list[float]],
+    directions: list[Direction],
+    tolerance: list[float],
+    warmup: int = WARMUP,
+) -> bool:
     """Promote when few cheap results exist or these could be on the cheap results' front."""
     return len(seen) < warmup or could_be_on_front(values, seen, directions, tolerance)
 
 
-def cheap_probe(study: optuna.Study, trial: optuna.Trial, spec: Any, store_path: Path,
-                run: Any) -> bool:  # fmt: skip
+def cheap_probe(
+    study: optuna.Study, trial: optuna.Trial, spec: Any, store_path: Path, run: Any
+) -> bool:
     """Run the cheap probe via run(suite) -> ProbeResult; True = go on to the full probe.
 
     A failed cheap probe promotes: the full probe then records the failure with its reason.
@@ -71,15 +77,19 @@ def cheap_probe(study: optuna.Study, trial: optuna.Trial, spec: Any, store_path:
     tag = hashlib.sha256(str(Path(full).resolve()).encode()).hexdigest()[:12]
     name = f"{tag}-{spec.probe_prompts}x{spec.probe_decode_tokens}.toml"
     out = Path(tempfile.gettempdir()) / "autoresearch-cheap" / name
-    suite = cheap_suite(full, out, prompts=spec.probe_prompts,
-                        decode_tokens=spec.probe_decode_tokens)  # fmt: skip
+    suite = cheap_suite(
+        full, out, prompts=spec.probe_prompts, decode_tokens=spec.probe_decode_tokens
+    )
     res = run(suite)
     if res.error is not None:
         return True
     names = [m for m, _ in spec.objectives]
     values = cheap_values(res.metrics, names)
-    seen = [t.user_attrs[CHEAP_KEY] for t in study.get_trials(deepcopy=False)
-            if CHEAP_KEY in t.user_attrs]  # fmt: skip
+    seen = [
+        t.user_attrs[CHEAP_KEY]
+        for t in study.get_trials(deepcopy=False)
+        if CHEAP_KEY in t.user_attrs
+    ]
     seen = [[float(v[n]) for n in names] for v in seen if all(n in v for n in names)]
     noise = noise_of(study.user_attrs.get("noise_floor", {}), names)
     tol = [max(2 * x, MIN_TOLERANCE) for x in noise]

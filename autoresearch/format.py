@@ -10,10 +10,15 @@ import math
 
 _BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 # Metrics that are shares of something (0..1): printed as percentages.
-SHARES = frozenset({
-    "cache_hit_rate", "prefetch_precision", "prefetch_recall", "io_stall_fraction",
-    "top1_agreement",
-})  # fmt: skip
+SHARES = frozenset(
+    {
+        "cache_hit_rate",
+        "prefetch_precision",
+        "prefetch_recall",
+        "io_stall_fraction",
+        "top1_agreement",
+    }
+)
 
 
 def num(v: float) -> str:

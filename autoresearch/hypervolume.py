@@ -50,8 +50,9 @@ def hypervolume(loss: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     return float(compute_hypervolume(scaled, ref))
 
 
-def history(loss: np.ndarray, feasible: Sequence[bool], lo: np.ndarray,
-            hi: np.ndarray) -> list[float]:  # fmt: skip
+def history(
+    loss: np.ndarray, feasible: Sequence[bool], lo: np.ndarray, hi: np.ndarray
+) -> list[float]:
     """Hypervolume after each of the n trials (in order); infeasible ones add nothing."""
     out, kept = [], []
     for row, ok in zip(loss, feasible, strict=True):
@@ -70,8 +71,9 @@ def study_rows(study: optuna.Study) -> list[Row]:
     )
 
 
-def random_curve(table: Table, directions: Sequence[str], n: int, lo: np.ndarray,
-                 hi: np.ndarray, seeds: int = 5) -> np.ndarray:  # fmt: skip
+def random_curve(
+    table: Table, directions: Sequence[str], n: int, lo: np.ndarray, hi: np.ndarray, seeds: int = 5
+) -> np.ndarray:
     """(3, n): median, 25th and 75th percentile of random search's hypervolume history."""
     runs = []
     for seed in range(seeds):
@@ -91,8 +93,13 @@ def curves(study: optuna.Study, space: Space, seeds: int = 5) -> dict[str, Any]:
     lo, hi = bounds(loss)
     mine = history(loss, [r.feasible for r in rows], lo, hi)
     rand = random_curve(Table(space, rows), directions, len(rows), lo, hi, seeds)
-    return {"n": list(range(1, len(rows) + 1)), "study": mine, "random": rand[0].tolist(),
-            "random_lo": rand[1].tolist(), "random_hi": rand[2].tolist()}  # fmt: skip
+    return {
+        "n": list(range(1, len(rows) + 1)),
+        "study": mine,
+        "random": rand[0].tolist(),
+        "random_lo": rand[1].tolist(),
+        "random_hi": rand[2].tolist(),
+    }
 
 
 def figure(study: optuna.Study, space: Space) -> Any:
@@ -101,14 +108,29 @@ def figure(study: optuna.Study, space: Space) -> Any:
 
     c = curves(study, space)
     fig = go.Figure()
-    fig.add_scatter(x=c["n"], y=c["random_hi"], mode="lines", line={"width": 0},
-                    showlegend=False, hoverinfo="skip")  # fmt: skip
-    fig.add_scatter(x=c["n"], y=c["random_lo"], mode="lines", line={"width": 0},
-                    fill="tonexty", name="random search (25-75%)")  # fmt: skip
-    fig.add_scatter(x=c["n"], y=c["random"], mode="lines", name="random search (median)",
-                    line={"dash": "dash"})  # fmt: skip
+    fig.add_scatter(
+        x=c["n"],
+        y=c["random_hi"],
+        mode="lines",
+        line={"width": 0},
+        showlegend=False,
+        hoverinfo="skip",
+    )
+    fig.add_scatter(
+        x=c["n"],
+        y=c["random_lo"],
+        mode="lines",
+        line={"width": 0},
+        fill="tonexty",
+        name="random search (25-75%)",
+    )
+    fig.add_scatter(
+        x=c["n"], y=c["random"], mode="lines", name="random search (median)", line={"dash": "dash"}
+    )
     fig.add_scatter(x=c["n"], y=c["study"], mode="lines+markers", name="this study")
-    fig.update_layout(title="Hypervolume vs trials (random search replayed on this study's "
-                      "trials)", xaxis_title="complete trials",
-                      yaxis_title="hypervolume (scaled objectives)")  # fmt: skip
+    fig.update_layout(
+        title="Hypervolume vs trials (random search replayed on this study's trials)",
+        xaxis_title="complete trials",
+        yaxis_title="hypervolume (scaled objectives)",
+    )
     return fig

@@ -255,8 +255,9 @@ def _one_trial(
     try:
         from autoresearch.space import to_config
 
-        config = to_config(knobs, expert_bytes=store.expert_bytes, extra=extra,
-                           top_k=store.top_k or None)  # fmt: skip
+        config = to_config(
+            knobs, expert_bytes=store.expert_bytes, extra=extra, top_k=store.top_k or None
+        )
     except ConfigError as e:
         fail(study, trial, f"config: {e}")
         return False
@@ -332,15 +333,17 @@ def _one_trial(
 _SCREENERS: dict[str, Any] = {}  # store path -> Screener, recorded once per process
 
 
-def _screen(spec: StudySpec, study: optuna.Study, trial: optuna.Trial, store: Any,
-            config: Any) -> bool:  # fmt: skip
+def _screen(
+    spec: StudySpec, study: optuna.Study, trial: optuna.Trial, store: Any, config: Any
+) -> bool:
     """True = measure for real; False = told PRUNED with the simulator's estimate."""
     from autoresearch.screen import Screener
 
     key = str(store.path)
     if key not in _SCREENERS:
-        _SCREENERS[key] = Screener.record(store.path, spec.work_dir, spec.screen_keep,
-                                          spec.trial_timeout_s)  # fmt: skip
+        _SCREENERS[key] = Screener.record(
+            store.path, spec.work_dir, spec.screen_keep, spec.trial_timeout_s
+        )
     keep, est = _SCREENERS[key].decide(config)
     trial.set_user_attr("screen_estimate", {k: float(v) for k, v in est.items()})
     if not keep:

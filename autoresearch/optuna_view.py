@@ -39,8 +39,11 @@ def confirmed_table(res: Results) -> list[dict[str, Any]]:
     for f in sorted(res.figures + res.infeasible, key=lambda f: f.number):
         if f.confirmed is None:
             continue
-        row: dict[str, Any] = {"trial": f.number, "baseline": f.is_baseline,
-                               "repeats": f.confirmed.get("repeats")}  # fmt: skip
+        row: dict[str, Any] = {
+            "trial": f.number,
+            "baseline": f.is_baseline,
+            "repeats": f.confirmed.get("repeats"),
+        }
         for m, _ in res.objectives:
             row[m] = f.fmt(m)
             if m in f.ratio:

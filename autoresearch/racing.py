@@ -70,8 +70,9 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[Direc
     return better
 
 
-def shifted(values: Sequence[float], directions: Sequence[Direction],
-            rel: Sequence[float], sign: int) -> list[float]:  # fmt: skip
+def shifted(
+    values: Sequence[float], directions: Sequence[Direction], rel: Sequence[float], sign: int
+) -> list[float]:
     """sign=+1: the optimistic corner (each value improved by rel x |value|); -1 pessimistic."""
     out = []
     for v, d, r in zip(values, directions, rel, strict=True):
@@ -80,16 +81,24 @@ def shifted(values: Sequence[float], directions: Sequence[Direction],
     return out
 
 
-def could_be_on_front(values: Sequence[float], others: Sequence[Sequence[float]],
-                      directions: Sequence[Direction], rel: Sequence[float]) -> bool:  # fmt: skip
+def could_be_on_front(
+    values: Sequence[float],
+    others: Sequence[Sequence[float]],
+    directions: Sequence[Direction],
+    rel: Sequence[float],
+) -> bool:
     """No other point dominates the optimistic corner of `values`."""
     best = shifted(values, directions, rel, +1)
     return not any(dominates(o, best, directions) for o in others)
 
 
-def verdict(samples: Sequence[Sequence[float]], others: Sequence[Sequence[float]],
-            directions: Sequence[Direction], noise: Sequence[float],
-            spec: RacingSpec) -> Verdict:  # fmt: skip
+def verdict(
+    samples: Sequence[Sequence[float]],
+    others: Sequence[Sequence[float]],
+    directions: Sequence[Direction],
+    noise: Sequence[float],
+    spec: RacingSpec,
+) -> Verdict:
     """What to do after len(samples) measurements of one trial (rows: one probe each)."""
     n = len(samples)
     values = combine(samples)
@@ -112,9 +121,14 @@ def noise_of(study_noise: dict[str, Any], metrics: Sequence[str]) -> list[float]
     return [float((study_noise.get(m) or {}).get("relative", 0.0)) for m in metrics]
 
 
-def race(measure: Any, others: Sequence[Sequence[float]], directions: Sequence[Direction],
-         metrics: Sequence[str], noise: Sequence[float],
-         spec: RacingSpec) -> tuple[list[Any], Verdict]:  # fmt: skip
+def race(
+    measure: Any,
+    others: Sequence[Sequence[float]],
+    directions: Sequence[Direction],
+    metrics: Sequence[str],
+    noise: Sequence[float],
+    spec: RacingSpec,
+) -> tuple[list[Any], Verdict]:
     """Call measure() (-> ProbeResult) until the verdict is not "repeat"; stop on an error.
 
     Returns every result (the last may carry the error) and the final verdict.
@@ -148,8 +162,13 @@ def merge(results: Sequence[Any], metrics: Sequence[str]) -> dict[str, Any]:
     return base
 
 
-def race_trial(study: Any, trial: Any, objectives: Sequence[tuple[str, Direction]],
-               spec: RacingSpec, measure: Any) -> Any:  # fmt: skip
+def race_trial(
+    study: Any,
+    trial: Any,
+    objectives: Sequence[tuple[str, Direction]],
+    spec: RacingSpec,
+    measure: Any,
+) -> Any:
     """Race one trial against the study's feasible complete trials; the merged ProbeResult.
 
     Records user attrs `measurements` (probes run) and `race` (the final verdict).
@@ -158,8 +177,11 @@ def race_trial(study: Any, trial: Any, objectives: Sequence[tuple[str, Direction
 
     names = [m for m, _ in objectives]
     directions = [d for _, d in objectives]
-    others = [t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if all(v <= 0 for v in t.constraints.values())]  # fmt: skip
+    others = [
+        t.values
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(v <= 0 for v in t.constraints.values())
+    ]
     noise = noise_of(study.user_attrs.get("noise_floor", {}), names)
     results, final = race(measure, others, directions, names, noise, spec)
     trial.set_user_attr("measurements", len(results))

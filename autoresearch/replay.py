@@ -34,8 +34,9 @@ class Table:
             raise ValueError("an empty table answers nothing")
         best, best_d = self.rows[0], math.inf
         for row in self.rows:
-            d = sum(_distance(k, params.get(k.name), row.params.get(k.name))
-                    for k in self.space.knobs)  # fmt: skip
+            d = sum(
+                _distance(k, params.get(k.name), row.params.get(k.name)) for k in self.space.knobs
+            )
             if d < best_d:
                 best, best_d = row, d
         return best
@@ -71,8 +72,13 @@ def sample_params(space: Space, n: int, seed: int) -> list[dict[str, Any]]:
         optuna.logging.set_verbosity(old)
 
 
-def rows_from(params: Sequence[dict[str, Any]], values: Sequence[Sequence[float]],
-              feasible: Sequence[bool] | None = None) -> list[Row]:  # fmt: skip
+def rows_from(
+    params: Sequence[dict[str, Any]],
+    values: Sequence[Sequence[float]],
+    feasible: Sequence[bool] | None = None,
+) -> list[Row]:
     feasible = feasible if feasible is not None else [True] * len(params)
-    return [Row(dict(p), tuple(float(x) for x in v), bool(f))
-            for p, v, f in zip(params, values, feasible, strict=True)]  # fmt: skip
+    return [
+        Row(dict(p), tuple(float(x) for x in v), bool(f))
+        for p, v, f in zip(params, values, feasible, strict=True)
+    ]

@@ -98,11 +98,14 @@ def _groups(res: Results) -> list[tuple[str, list[Figures], dict[str, object]]]:
     rest = [f for f in res.figures if f not in front and not f.is_baseline]
     return [
         ("dominated", rest, {"color": "#999999", "size": 8, "symbol": "circle"}),
-        ("Pareto front", [f for f in front if not f.is_baseline],
-         {"color": "#d62728", "size": 11, "symbol": "circle"}),
+        (
+            "Pareto front",
+            [f for f in front if not f.is_baseline],
+            {"color": "#d62728", "size": 11, "symbol": "circle"},
+        ),
         ("baseline", base, {"color": "#1f77b4", "size": 15, "symbol": "star"}),
         ("infeasible", res.infeasible, {"color": "#000000", "size": 8, "symbol": "x"}),
-    ]  # fmt: skip
+    ]
 
 
 def _split(
@@ -113,8 +116,10 @@ def _split(
     conf = [f for f in figs if f.confirmed is not None]
     unconf = [f for f in figs if f.confirmed is None]
     open_marker = {**marker, "symbol": f"{marker['symbol']}-open", "line": {"width": 2}}
-    return [(f"{name} (confirmed)", conf, marker, True),
-            (f"{name} (unconfirmed)", unconf, open_marker, False)]  # fmt: skip
+    return [
+        (f"{name} (confirmed)", conf, marker, True),
+        (f"{name} (unconfirmed)", unconf, open_marker, False),
+    ]
 
 
 def _hover(f: Figures, metrics: list[str]) -> str:
@@ -140,17 +145,30 @@ def pareto_figures(res: Results) -> list[tuple[str, Body]]:
                 figs = [f for f in figs if x in f.medians and y in f.medians]
                 if not figs:
                     continue
-                fig.add_trace(go.Scatter(
-                    x=[f.medians[x] / dx for f in figs], y=[f.medians[y] / dy for f in figs],
-                    mode="markers+text", name=name, marker=marker,
-                    text=[str(f.number) for f in figs], textposition="top center",
-                    hovertext=[_hover(f, objs) for f in figs], hoverinfo="text",
-                    customdata=[f.number for f in figs],
-                    error_x={"type": "data", "visible": bars,
-                             "array": [f.spread.get(x, 0.0) / dx for f in figs]},
-                    error_y={"type": "data", "visible": bars,
-                             "array": [f.spread.get(y, 0.0) / dy for f in figs]},
-                ))  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=[f.medians[x] / dx for f in figs],
+                        y=[f.medians[y] / dy for f in figs],
+                        mode="markers+text",
+                        name=name,
+                        marker=marker,
+                        text=[str(f.number) for f in figs],
+                        textposition="top center",
+                        hovertext=[_hover(f, objs) for f in figs],
+                        hoverinfo="text",
+                        customdata=[f.number for f in figs],
+                        error_x={
+                            "type": "data",
+                            "visible": bars,
+                            "array": [f.spread.get(x, 0.0) / dx for f in figs],
+                        },
+                        error_y={
+                            "type": "data",
+                            "visible": bars,
+                            "array": [f.spread.get(y, 0.0) / dy for f in figs],
+                        },
+                    )
+                )
         fig.update_layout(xaxis_title=tx, yaxis_title=ty, height=480, legend_title="trials")
         out.append((f"Pareto front: {y} vs {x}", fig))
     if len(objs) == 3:
@@ -158,19 +176,28 @@ def pareto_figures(res: Results) -> list[tuple[str, Body]]:
         fig = go.Figure()
         for name, figs, marker in _groups(res):
             figs = [f for f in figs if all(m in f.medians for m in objs)]
-            fig.add_trace(go.Scatter3d(
-                x=[f.medians[objs[0]] / scales[0][0] for f in figs],
-                y=[f.medians[objs[1]] / scales[1][0] for f in figs],
-                z=[f.medians[objs[2]] / scales[2][0] for f in figs], mode="markers+text",
-                name=name, marker=_marker_3d(marker), text=[str(f.number) for f in figs],
-                hovertext=[_hover(f, objs) for f in figs], hoverinfo="text",
-                customdata=[f.number for f in figs],
-            ))  # fmt: skip
+            fig.add_trace(
+                go.Scatter3d(
+                    x=[f.medians[objs[0]] / scales[0][0] for f in figs],
+                    y=[f.medians[objs[1]] / scales[1][0] for f in figs],
+                    z=[f.medians[objs[2]] / scales[2][0] for f in figs],
+                    mode="markers+text",
+                    name=name,
+                    marker=_marker_3d(marker),
+                    text=[str(f.number) for f in figs],
+                    hovertext=[_hover(f, objs) for f in figs],
+                    hoverinfo="text",
+                    customdata=[f.number for f in figs],
+                )
+            )
         fig.update_layout(
-            scene={"xaxis_title": scales[0][1], "yaxis_title": scales[1][1],
-                   "zaxis_title": scales[2][1]},
+            scene={
+                "xaxis_title": scales[0][1],
+                "yaxis_title": scales[1][1],
+                "zaxis_title": scales[2][1],
+            },
             height=600,
-        )  # fmt: skip
+        )
         out.append(("Pareto front (3-D)", fig))
     return out
 
@@ -194,8 +221,9 @@ def hypervolume_figure(res: Results) -> Body:
         vals = [t.values[i] for t in feasible]
         span = (max(vals) - min(vals)) or abs(max(vals)) or 1.0
         worst = min(vals) if d == optuna.study.StudyDirection.MAXIMIZE else max(vals)
-        ref.append(worst - 0.1 * span if d == optuna.study.StudyDirection.MAXIMIZE
-                   else worst + 0.1 * span)  # fmt: skip
+        ref.append(
+            worst - 0.1 * span if d == optuna.study.StudyDirection.MAXIMIZE else worst + 0.1 * span
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -225,8 +253,7 @@ def optuna_figures(res: Results) -> list[tuple[str, Body]]:
         if isinstance(imp, str):
             out.append((f"Knob importance: {m}", f"<p>{html.escape(imp)}</p>"))
         else:
-            fig = go.Figure(go.Bar(x=[100 * v for v in imp.values()], y=list(imp),
-                                   orientation="h"))  # fmt: skip
+            fig = go.Figure(go.Bar(x=[100 * v for v in imp.values()], y=list(imp), orientation="h"))
             fig.update_layout(xaxis_title=f"share of {m}'s variance (%, fANOVA)", height=350)
             note = f"<p class='caveat'>{html.escape(caveat)}</p>" if caveat else ""
             out += [(f"Knob importance: {m}", note), ("", fig)]
@@ -239,13 +266,20 @@ def optuna_figures(res: Results) -> list[tuple[str, Body]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fig = optuna.visualization.plot_slice(
-                    res.study, params=[k], target=lambda t, i=i, d=div: t.values[i] / d,
+                    res.study,
+                    params=[k],
+                    target=lambda t, i=i, d=div: t.values[i] / d,
                     target_name=title,
-                )  # fmt: skip
+                )
             # One small plot per knob, laid out in a grid: Optuna's one-row subplot strip
             # runs off the page past three knobs. Few ticks keep log axes readable.
-            fig.update_layout(title=k, width=None, height=320, autosize=True,
-                              margin={"l": 60, "r": 20, "t": 40, "b": 40})  # fmt: skip
+            fig.update_layout(
+                title=k,
+                width=None,
+                height=320,
+                autosize=True,
+                margin={"l": 60, "r": 20, "t": 40, "b": 40},
+            )
             fig.update_xaxes(nticks=5, title=k)
             if fig.layout.xaxis.type == "log":
                 fig.update_xaxes(dtick="D2")  # labels at 1, 2, 5 x 10^n only: not 9 digits

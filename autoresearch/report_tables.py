@@ -18,8 +18,9 @@ def _row(cells: list[str], *, head: bool = False) -> str:
 
 
 def _knobs(t: FrozenTrial) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in t.params.items())  # fmt: skip
+    return " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
+    )
 
 
 def front_table(res: Results) -> str:
@@ -61,8 +62,16 @@ def trials_table(res: Results) -> str:
     for t in trials:
         f = figs.get(t.number)
         label = f"{t.number} (baseline)" if t.user_attrs.get("baseline") else str(t.number)
-        rows.append(_row([
-            label, t.state.name.lower(), *(f.fmt(c) if f else "-" for c in cols),
-            "yes" if t.number in front else "", _outcome(t, figs, infeasible), _knobs(t),
-        ]))  # fmt: skip
+        rows.append(
+            _row(
+                [
+                    label,
+                    t.state.name.lower(),
+                    *(f.fmt(c) if f else "-" for c in cols),
+                    "yes" if t.number in front else "",
+                    _outcome(t, figs, infeasible),
+                    _knobs(t),
+                ]
+            )
+        )
     return "<table id='all-trials'>" + "\n".join(rows) + "</table>"

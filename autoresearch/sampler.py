@@ -47,8 +47,9 @@ def choose_sampler(name: str, space: Space, n_trials: int | None) -> tuple[str, 
     return "gp", f"auto: {n_trials} trials, {categorical} categorical knobs"
 
 
-def make_sampler(name: str, *, seed: int | None, space: Space, n_trials: int | None,
-                 source: str = "study file") -> optuna.samplers.BaseSampler:  # fmt: skip
+def make_sampler(
+    name: str, *, seed: int | None, space: Space, n_trials: int | None, source: str = "study file"
+) -> optuna.samplers.BaseSampler:
     """Build the named sampler ("auto" resolved by choose_sampler)."""
     if name not in SAMPLERS:
         raise StudyFileError(f"{source}: study.sampler must be one of {SAMPLERS}, got {name!r}")

@@ -23,9 +23,14 @@ from engine.config import EngineConfig
 
 # Knobs the trace stays valid for: they change where bytes come from, never which experts.
 SCREENABLE = {
-    "cache_bytes", "cache_fraction", "cache_policy", "pinned_fraction",
-    "prefetch", "prefetch_depth", "prefetch_width",
-}  # fmt: skip
+    "cache_bytes",
+    "cache_fraction",
+    "cache_policy",
+    "pinned_fraction",
+    "prefetch",
+    "prefetch_depth",
+    "prefetch_width",
+}
 
 
 class ScreenError(AutoresearchError):
@@ -45,8 +50,19 @@ class Screener:
         with tempfile.TemporaryDirectory(prefix="autoresearch-screen-") as tmp:
             cfg = Path(tmp) / "config.toml"
             EngineConfig(cache_bytes=0).to_toml(cfg)  # all-miss: isolates compute from reads
-            argv = [sys.executable, "-m", "engine", "probe", str(store), "--config", str(cfg),
-                    "--trace", str(trace_path), "--no-quality", "--json"]  # fmt: skip
+            argv = [
+                sys.executable,
+                "-m",
+                "engine",
+                "probe",
+                str(store),
+                "--config",
+                str(cfg),
+                "--trace",
+                str(trace_path),
+                "--no-quality",
+                "--json",
+            ]
             try:
                 proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -96,9 +96,16 @@ def baseline_note(res: Results) -> str | None:
     sign = {m: 1.0 if d == "maximize" else -1.0 for m, d in res.objectives}
     others = [f for f in res.figures if f is not base]
     # Strictly better than every tuned trial: a tie (e.g. kl_mean 0 everywhere) is no win.
-    wins = [m for m, _ in res.objectives if m in base.medians and others and all(
-        sign[m] * base.medians[m] > sign[m] * f.medians.get(m, -sign[m] * math.inf)
-        for f in others)]  # fmt: skip
+    wins = [
+        m
+        for m, _ in res.objectives
+        if m in base.medians
+        and others
+        and all(
+            sign[m] * base.medians[m] > sign[m] * f.medians.get(m, -sign[m] * math.inf)
+            for f in others
+        )
+    ]
     if not wins:
         return None
     cache = (base.trial.user_attrs.get("config") or {}).get("cache_bytes")
@@ -116,11 +123,19 @@ def short_note(f: Figures) -> str:
 
 # Short knob names for tables; the full names are in the study and in exported configs.
 SHORT = {
-    "quant_bits": "bits", "quant_group_size": "gs", "cache_fraction": "cache",
-    "cache_policy": "policy", "pinned_fraction": "pinned", "io_mode": "io",
-    "read_chunk_bytes": "chunk", "io_threads": "threads", "prefetch": "pf",
-    "prefetch_depth": "pf_depth", "prefetch_width": "pf_width", "experts_per_token": "k",
-}  # fmt: skip
+    "quant_bits": "bits",
+    "quant_group_size": "gs",
+    "cache_fraction": "cache",
+    "cache_policy": "policy",
+    "pinned_fraction": "pinned",
+    "io_mode": "io",
+    "read_chunk_bytes": "chunk",
+    "io_threads": "threads",
+    "prefetch": "pf",
+    "prefetch_depth": "pf_depth",
+    "prefetch_width": "pf_width",
+    "experts_per_token": "k",
+}
 
 
 def knobs(f: Figures) -> str:
@@ -149,9 +164,13 @@ def best_table(res: Results) -> Table | str:
         best = res.best()[m]
         assert best is not None
         ratio = best.ratio.get(m)
-        t.add_row(plain(f"{d} {m}"), plain(best.label), plain(best.fmt(m)),
-                  plain(fmt.ratio(ratio) if ratio is not None else "-"),
-                  plain(best.note))  # fmt: skip
+        t.add_row(
+            plain(f"{d} {m}"),
+            plain(best.label),
+            plain(best.fmt(m)),
+            plain(fmt.ratio(ratio) if ratio is not None else "-"),
+            plain(best.note),
+        )
     return t
 
 
@@ -244,8 +263,9 @@ def failure_table(res: Results) -> Table | str:
     for col in ("reason", "count", "trials", "example"):
         t.add_column(col)
     for kind, nums in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        t.add_row(plain(kind), plain(len(nums)), plain(", ".join(map(str, nums))),
-                  plain(reasons[nums[0]]))  # fmt: skip
+        t.add_row(
+            plain(kind), plain(len(nums)), plain(", ".join(map(str, nums))), plain(reasons[nums[0]])
+        )
     return t
 
 

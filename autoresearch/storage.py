@@ -89,8 +89,9 @@ def make_sampler(
     from autoresearch.sampler import make_sampler as build
 
     seed = derived_seed(spec.seed, trials_so_far, worker_id() if worker is None else worker)
-    return build(spec.sampler, seed=seed, space=spec.space, n_trials=spec.n_trials,
-                 source=str(spec.path))  # fmt: skip
+    return build(
+        spec.sampler, seed=seed, space=spec.space, n_trials=spec.n_trials, source=str(spec.path)
+    )
 
 
 def open_study(spec: StudySpec, *, create: bool = True) -> optuna.Study:

@@ -205,8 +205,9 @@ def load_study_file(path: str | Path, *, storage: str | None = None) -> StudySpe
     from autoresearch.racing import parse_racing
 
     fid = doc.get("fidelity", {})
-    cheap = {k: sp.opt_int(path, fid, k, 1, "fidelity")
-             for k in ("probe_prompts", "probe_decode_tokens")}  # fmt: skip
+    cheap = {
+        k: sp.opt_int(path, fid, k, 1, "fidelity") for k in ("probe_prompts", "probe_decode_tokens")
+    }
     fraction = st.get("expert_memory_fraction")
     if fraction is not None and (
         isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1

@@ -27,14 +27,29 @@ DEFAULT_OBJECTIVES = tuple(
 )
 # The keys each table may hold: a misspelt key would otherwise be ignored silently.
 KEYS = {
-    "study": {"name", "storage", "space", "sampler", "seed", "n_trials", "timeout_s",
-              "repeats", "baseline_repeats", "trial_timeout_s", "cold", "cache_dir",
-              "machines", "heartbeat_interval", "grace_period", "expert_memory_fraction"},
+    "study": {
+        "name",
+        "storage",
+        "space",
+        "sampler",
+        "seed",
+        "n_trials",
+        "timeout_s",
+        "repeats",
+        "baseline_repeats",
+        "trial_timeout_s",
+        "cold",
+        "cache_dir",
+        "machines",
+        "heartbeat_interval",
+        "grace_period",
+        "expert_memory_fraction",
+    },
     "model": {"synth", "path", "store"},
     "model.synth": {"family", "preset", "seed"},
     "probe": {"suite", "probe_command"},
     "fidelity": {"screen", "keep", "probe_prompts", "probe_decode_tokens"},
-}  # fmt: skip
+}
 MACHINES = ("one", "fleet")  # one: every worker must be this machine; fleet: per-machine fronts
 MAX_SECONDS = 30 * 24 * 3600  # beyond this a "timeout" is a typo (and overflows poll timers)
 # Limits handed to the engine as a RAM budget must leave room for something to run.
@@ -77,8 +92,10 @@ def fidelity(path: Path, t: Any, space: Space) -> tuple[str, float]:
             "screen = 'none'"
         )
     if screen == "trace":
-        for knob, limit in (("prefetch_depth", contract.TRACE_RANK_DEPTH),
-                            ("prefetch_width", contract.TRACE_RANK_WIDTH)):
+        for knob, limit in (
+            ("prefetch_depth", contract.TRACE_RANK_DEPTH),
+            ("prefetch_width", contract.TRACE_RANK_WIDTH),
+        ):
             most = _largest(space, knob)
             if most is not None and most > limit:
                 raise StudyFileError(
@@ -231,8 +248,14 @@ def model(
     return None, None, p
 
 
-PATH_KEYS = (("study", "space"), ("study", "storage"), ("study", "cache_dir"), ("model", "path"),
-             ("model", "store"), ("probe", "suite"))  # fmt: skip
+PATH_KEYS = (
+    ("study", "space"),
+    ("study", "storage"),
+    ("study", "cache_dir"),
+    ("model", "path"),
+    ("model", "store"),
+    ("probe", "suite"),
+)
 
 
 def no_nul_paths(path: Path, doc: dict[str, Any]) -> None:
@@ -262,8 +285,9 @@ def scale_out(path: Path, st: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"machines": machines}
     for key, default in (("heartbeat_interval", 60), ("grace_period", None)):
         v = st.get(key, default)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not
-                              0 < v <= MAX_SECONDS):  # fmt: skip
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SECONDS
+        ):
             raise StudyFileError(
                 f"{path}: study.{key} must be a whole number of seconds > 0, got {v!r}"
             )

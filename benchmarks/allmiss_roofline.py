@@ -37,8 +37,9 @@ GB = 1e9
 
 
 def run_mode(store: Store, suite: Suite, mode: str, chunk: int, threads: int) -> dict[str, float]:
-    cfg = EngineConfig(cache_bytes=0, prefetch="none", io_mode=mode, read_chunk_bytes=chunk,
-                       io_threads=threads)  # fmt: skip
+    cfg = EngineConfig(
+        cache_bytes=0, prefetch="none", io_mode=mode, read_chunk_bytes=chunk, io_threads=threads
+    )
     nbytes, io_s, decode_s, tokens = 0, 0.0, 0.0, 0
     with Engine(store, cfg) as engine:
         for p in suite.prompts:
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode}_io_share_of_decode: {m['io_s'] / m['decode_s']:.3f}")
         print(f"{mode}_engine_io_gb_s: {io_gb_s:.3f}")
         print(f"{mode}_engine_e2e_gb_s: {e2e_gb_s:.3f}")
-        print(f"{mode}_raw_gb_s: {raw:.3f}  (median of {len(raws)}: "
-              f"{', '.join(f'{r:.3f}' for r in raws)})")  # fmt: skip
+        print(
+            f"{mode}_raw_gb_s: {raw:.3f}  (median of {len(raws)}: "
+            f"{', '.join(f'{r:.3f}' for r in raws)})"
+        )
         batch = batched_raw(store, mode, args.read_chunk_kib << 10, args.threads)
         print(f"{mode}_batched_raw_gb_s: {batch:.3f}  (k={store.top_k} experts per layer, waited)")
         print(f"{mode}_io_ratio: {io_gb_s / raw:.3f}")

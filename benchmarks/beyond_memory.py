@@ -65,8 +65,15 @@ def ensure_model(preset: str, layers: int) -> tuple[Path, Store]:
     return src, Store.open(dst)
 
 
-def _child(kind: str, store_path: str, src: str, cfg: dict | None, prompts: int, tokens: int,
-           trace_to: str | None = None) -> dict:  # fmt: skip
+def _child(
+    kind: str,
+    store_path: str,
+    src: str,
+    cfg: dict | None,
+    prompts: int,
+    tokens: int,
+    trace_to: str | None = None,
+) -> dict:
     """One row, run in a fresh process (see _fresh)."""
     store = Store.open(store_path)
     suite = _suite_of(store, prompts, tokens)
@@ -104,8 +111,14 @@ def search(store: Store, fraction: float, args: argparse.Namespace) -> list[Engi
     cache = int(m["cache_bytes"])
     # Compute per token: the measured decode time less the time it stalled on reads.
     compute_s = (1 - m["io_stall_fraction"]) / m["decode_tok_s"]
-    disk = measure_read_bandwidth(store.layer_file(store.moe_layers[0]), store.expert_span,
-                                  8, "direct", 256 << 20, pattern="random")  # fmt: skip
+    disk = measure_read_bandwidth(
+        store.layer_file(store.moe_layers[0]),
+        store.expert_span,
+        8,
+        "direct",
+        256 << 20,
+        pattern="random",
+    )
     rates = Rates(compute_s_per_token=compute_s, disk_bytes_per_s=disk * 1e9)
 
     def objective(trial: optuna.Trial) -> float:
@@ -155,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     fraction = 1 / args.oversubscription
     budgeted = EngineConfig(expert_memory_fraction=fraction)
     print(f"model: {args.preset} x {args.layers} layers, 4-bit; experts_bytes: {experts}")
-    print(f"memory budget: the engine's minimum + experts / {args.oversubscription:g} "
-          f"(expert_memory_fraction = {fraction:.3f})")  # fmt: skip
+    print(
+        f"memory budget: the engine's minimum + experts / {args.oversubscription:g} "
+        f"(expert_memory_fraction = {fraction:.3f})"
+    )
     run = (str(store.root), str(src))
     rows: dict[str, dict] = {}
     rows["naive"] = _fresh("naive", *run, None, args.prompts, args.tokens)
@@ -191,20 +206,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuned_over_defaults: {tuned / rows['defaults']['decode_tok_s']:.2f}  (goal >= 2)")
     if rows["naive"].get("status", "ok") == "ok":
         print(f"tuned_over_naive: {tuned / rows['naive']['decode_tok_s']:.2f}  (goal >= 6)")
-    disk = measure_read_bandwidth(store.layer_file(store.moe_layers[0]), store.expert_span, 8,
-                                  "direct", 256 << 20, pattern="random")  # fmt: skip
+    disk = measure_read_bandwidth(
+        store.layer_file(store.moe_layers[0]),
+        store.expert_span,
+        8,
+        "direct",
+        256 << 20,
+        pattern="random",
+    )
     per_tok = rows["tuned"].get("bytes_read_per_token", 0) or 1
-    print(f"bound_disk_roofline_tok_s: {disk * 1e9 / per_tok:.2f}  (disk {disk:.2f} GB/s random "
-          f"expert reads, at the tuned miss rate)")  # fmt: skip
+    print(
+        f"bound_disk_roofline_tok_s: {disk * 1e9 / per_tok:.2f}  (disk {disk:.2f} GB/s random "
+        f"expert reads, at the tuned miss rate)"
+    )
     bounds = {"disk": disk * 1e9 / per_tok}
     if "all_cached" in rows:
         bounds["compute"] = rows["all_cached"]["decode_tok_s"]
         print(f"bound_compute_tok_s: {bounds['compute']:.2f}  (all cached)")
     need = 2 * rows["defaults"]["decode_tok_s"]
     below = [f"{k} {v:.2f}" for k, v in bounds.items() if v < need]
-    print(f"goal_2x_defaults_needs_tok_s: {need:.2f}  "
-          + (f"(above the {', '.join(below)} tok/s bound: unreachable here)" if below
-             else "(under every bound measured)"))  # fmt: skip
+    print(
+        f"goal_2x_defaults_needs_tok_s: {need:.2f}  "
+        + (
+            f"(above the {', '.join(below)} tok/s bound: unreachable here)"
+            if below
+            else "(under every bound measured)"
+        )
+    )
     return 0
 
 

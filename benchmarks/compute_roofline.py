@@ -178,8 +178,14 @@ def io_bound(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -
 
     # no Engine before this one: the first starts the kernels' threads with its wait policy
     cache = slot_bytes(store) * store.num_experts * len(store.layers) // 10
-    cfg = EngineConfig(cache_bytes=cache, io_mode="direct", prefetch="next_layer",
-                       io_threads=8, compute_path="cpu", compute_wait="sleep")  # fmt: skip
+    cfg = EngineConfig(
+        cache_bytes=cache,
+        io_mode="direct",
+        prefetch="next_layer",
+        io_threads=8,
+        compute_path="cpu",
+        compute_wait="sleep",
+    )
     evict_all(store_files(store))
     with Engine(store, cfg) as eng:
         lat, wall = [], 0.0
@@ -190,10 +196,13 @@ def io_bound(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -
             wall += g.ttft_s + sum(g.token_s)
         c1 = eng.counters()
     n_tok = len(prompts) * tokens
-    return {"decode_tok_s": len(lat) / sum(lat),
-            "io_stall_fraction": (c1["stall_s"] - c0["stall_s"]) / wall,
-            "bytes_read_per_token": (c1["bytes_read"] - c0["bytes_read"]) / n_tok,
-            "time_per_token_s": wall / n_tok, "cache_bytes": cache}  # fmt: skip
+    return {
+        "decode_tok_s": len(lat) / sum(lat),
+        "io_stall_fraction": (c1["stall_s"] - c0["stall_s"]) / wall,
+        "bytes_read_per_token": (c1["bytes_read"] - c0["bytes_read"]) / n_tok,
+        "time_per_token_s": wall / n_tok,
+        "cache_bytes": cache,
+    }
 
 
 def io_row(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
@@ -201,18 +210,35 @@ def io_row(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> 
     from engine.measure.diskbench import measure_read_bandwidth
 
     io = io_bound(store, prompts, tokens, warmup)
-    io["disk_gb_s"] = measure_read_bandwidth(store.layer_file(store.moe_layers[0]),
-                                             store.expert_span, 8, "direct", 256 << 20,
-                                             pattern="random")  # fmt: skip
+    io["disk_gb_s"] = measure_read_bandwidth(
+        store.layer_file(store.moe_layers[0]),
+        store.expert_span,
+        8,
+        "direct",
+        256 << 20,
+        pattern="random",
+    )
     return io
 
 
 def io_row_in_child(args: argparse.Namespace, bits: int) -> dict:
     import subprocess
 
-    cmd = [sys.executable, __file__, "--preset", args.preset, "--bits", str(bits),
-           "--tokens", str(args.tokens), "--prompts", str(args.prompts),
-           "--warmup", str(args.warmup), "--io-row-json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--preset",
+        args.preset,
+        "--bits",
+        str(bits),
+        "--tokens",
+        str(args.tokens),
+        "--prompts",
+        str(args.prompts),
+        "--warmup",
+        str(args.warmup),
+        "--io-row-json",
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -250,19 +276,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag}_roofline_tok_s: {roof:.1f}")
         print(f"{tag}_all_cached_decode_tok_s: {r['decode_tok_s']:.2f}")
         print(f"{tag}_roofline_ratio: {r['decode_tok_s'] / roof:.3f}")
-        print(f"{tag}_host_syncs_per_token: {r['syncs_per_token']:.1f}  "
-              f"({r['layers']} layers, {r['chained_layers']} host-chained: one sync each, "
-              "+ embedding and lm_head)")  # fmt: skip
+        print(
+            f"{tag}_host_syncs_per_token: {r['syncs_per_token']:.1f}  "
+            f"({r['layers']} layers, {r['chained_layers']} host-chained: one sync each, "
+            "+ embedding and lm_head)"
+        )
         dense = r["kernel_share"] - r["expert_share"]
-        print(f"{tag}_time_share_kernels: {r['kernel_share']:.2f}  "
-              f"(experts {r['expert_share']:.2f}, dense {dense:.2f})")  # fmt: skip
-        print(f"{tag}_time_share_mlx_at_syncs: {r['sync_share']:.2f}  "
-              "(MLX evaluating what the syncs wait for: attention core, embedding, "
-              "final norm)")  # fmt: skip
+        print(
+            f"{tag}_time_share_kernels: {r['kernel_share']:.2f}  "
+            f"(experts {r['expert_share']:.2f}, dense {dense:.2f})"
+        )
+        print(
+            f"{tag}_time_share_mlx_at_syncs: {r['sync_share']:.2f}  "
+            "(MLX evaluating what the syncs wait for: attention core, embedding, "
+            "final norm)"
+        )
         print(f"{tag}_time_share_io_wait: {r['io_wait_share']:.2f}")
         rest = 1 - r["kernel_share"] - r["sync_share"] - r["io_wait_share"]
-        print(f"{tag}_time_share_other: {rest:.2f}"
-              "  (Python, numpy glue: norms, routing, residuals; MLX graph building)")  # fmt: skip
+        print(
+            f"{tag}_time_share_other: {rest:.2f}"
+            "  (Python, numpy glue: norms, routing, residuals; MLX graph building)"
+        )
         print(f"{tag}_ttft_s: {r['ttft_s']:.3f}  (prompt tokens: {len(prompts[0])})")
         if not args.no_resident:
             res = resident(src, prompts[0], args.tokens, args.warmup)
@@ -273,18 +307,24 @@ def main(argv: list[str] | None = None) -> int:
             io_s = io["bytes_read_per_token"] / (io["disk_gb_s"] * 1e9)
             comp = 1 / r["decode_tok_s"]
             per_tok = io["time_per_token_s"]  # whole generations, like the bytes read
-            print(f"{tag}_io_bound_cache_bytes: {io['cache_bytes']}  "
-                  "(10% of experts, direct I/O, next_layer prefetch, 8 threads, "
-                  "compute_wait sleep)")  # fmt: skip
+            print(
+                f"{tag}_io_bound_cache_bytes: {io['cache_bytes']}  "
+                "(10% of experts, direct I/O, next_layer prefetch, 8 threads, "
+                "compute_wait sleep)"
+            )
             print(f"{tag}_io_bound_decode_tok_s: {io['decode_tok_s']:.2f}")
             print(f"{tag}_io_bound_io_stall_fraction: {io['io_stall_fraction']:.2f}")
-            print(f"{tag}_io_bound_disk_bound_tok_s: {1 / io_s:.2f}  "
-                  f"({io['bytes_read_per_token'] / 1e6:.1f} MB read per token at "
-                  f"{io['disk_gb_s']:.2f} GB/s random reads)")  # fmt: skip
+            print(
+                f"{tag}_io_bound_disk_bound_tok_s: {1 / io_s:.2f}  "
+                f"({io['bytes_read_per_token'] / 1e6:.1f} MB read per token at "
+                f"{io['disk_gb_s']:.2f} GB/s random reads)"
+            )
             which = "disk" if io_s >= comp else "compute"
-            print(f"{tag}_io_bound_time_per_token_s: {per_tok:.4f}  (prompts included; "
-                  f"disk {io_s:.4f}, all-cached compute {comp:.4f}: {which}-bound, "
-                  f"at {max(io_s, comp) / per_tok:.2f} of that bound)")  # fmt: skip
+            print(
+                f"{tag}_io_bound_time_per_token_s: {per_tok:.4f}  (prompts included; "
+                f"disk {io_s:.4f}, all-cached compute {comp:.4f}: {which}-bound, "
+                f"at {max(io_s, comp) / per_tok:.2f} of that bound)"
+            )
     return 0
 
 

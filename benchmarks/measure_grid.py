@@ -133,13 +133,23 @@ def _expert_bytes(store: Store) -> int:
 
 
 def _measure(config: EngineConfig, store: Store, suite: Path) -> dict[str, Any]:
-    res = run_probe(config, store=store.root, suite=suite, repeats=1, cold=True,
-                    timeout_s=600, required=list(METRICS))  # fmt: skip
+    res = run_probe(
+        config,
+        store=store.root,
+        suite=suite,
+        repeats=1,
+        cold=True,
+        timeout_s=600,
+        required=list(METRICS),
+    )
     if res.error is not None:
         return {"error": res.error, "wall_s": res.wall_s}
     m = res.metrics
-    return {**{k: float(m[k]) for k in METRICS}, "wall_s": round(res.wall_s, 2),
-            "machine": m.get("machine")}  # fmt: skip
+    return {
+        **{k: float(m[k]) for k in METRICS},
+        "wall_s": round(res.wall_s, 2),
+        "machine": m.get("machine"),
+    }
 
 
 def _git_rev() -> str:

@@ -90,8 +90,10 @@ def real(names: list[str], layers: int) -> bool:
             ok &= inside
             note = "" if inside else "  OUTSIDE"
             print(f"{key}: {ours:.3f}  (published {_published(f.value)}){note}")
-        print("tolerance: OUTSIDE marks a figure off the published one by more than 0.05 "
-              "(hit rate, recall) or 0.25x (reuse)")  # fmt: skip
+        print(
+            "tolerance: OUTSIDE marks a figure off the published one by more than 0.05 "
+            "(hit rate, recall) or 0.25x (reuse)"
+        )
         print(f"source: {spec.source}")
         print(f"stats_s: {time.perf_counter() - t0:.1f}")
         print()

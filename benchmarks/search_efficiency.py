@@ -42,8 +42,12 @@ from autoresearch.sampler import choose_sampler, make_sampler
 from autoresearch.space import Knob, Space
 
 DATA = Path(__file__).parent / "data"
-VARIANTS = {"plain": (False, False), "racing": (True, False), "fidelity": (False, True),
-            "racing+fidelity": (True, True)}  # fmt: skip
+VARIANTS = {
+    "plain": (False, False),
+    "racing": (True, False),
+    "fidelity": (False, True),
+    "racing+fidelity": (True, True),
+}
 
 
 @dataclass
@@ -59,12 +63,15 @@ class Objective:
     limits: list[float | None]  # constraint: value <= limit (None: unconstrained)
 
     def measure(self, row: Row, rng: np.random.Generator) -> list[float]:
-        return [v * (1 + s * rng.standard_normal()) for v, s in
-                zip(row.values, self.noise, strict=True)]  # fmt: skip
+        return [
+            v * (1 + s * rng.standard_normal()) for v, s in zip(row.values, self.noise, strict=True)
+        ]
 
     def cheap(self, row: Row, rng: np.random.Generator) -> list[float]:
-        return [v * r * (1 + s * rng.standard_normal()) for v, r, s in
-                zip(row.values, self.cheap_ratio, self.cheap_noise, strict=True)]  # fmt: skip
+        return [
+            v * r * (1 + s * rng.standard_normal())
+            for v, r, s in zip(row.values, self.cheap_ratio, self.cheap_noise, strict=True)
+        ]
 
 
 def table_objective(doc: dict[str, Any]) -> Objective:
@@ -82,18 +89,24 @@ def table_objective(doc: dict[str, Any]) -> Objective:
     rows = [Row(r["params"], tuple(float(r[m]) for m in names)) for r in ok]
     noise = [float(doc["noise"][m]) for m in names]
     pairs = [p for p in doc["cheap"] if "error" not in p["cheap"]]
-    ratios = [[p["cheap"][m] / p["full"][m] if p["full"][m] else 1.0 for p in pairs]
-              for m in names]  # fmt: skip
+    ratios = [[p["cheap"][m] / p["full"][m] if p["full"][m] else 1.0 for p in pairs] for m in names]
     # medians: the first probe of each store and suite also records its quality reference
     full_s = statistics.median(r["wall_s"] for r in ok)
     cheap_s = statistics.median(p["cheap"]["wall_s"] for p in pairs)
     return Objective(
-        "table", space, Table(space, rows), ["maximize", "minimize", "minimize"], noise,
+        "table",
+        space,
+        Table(space, rows),
+        ["maximize", "minimize", "minimize"],
+        noise,
         [statistics.mean(r) for r in ratios],
-        [statistics.stdev(r) / abs(statistics.mean(r)) if statistics.mean(r) else 0.0
-         for r in ratios],
-        cheap_s / full_s, [None, 4e9, 0.5],
-    )  # fmt: skip
+        [
+            statistics.stdev(r) / abs(statistics.mean(r)) if statistics.mean(r) else 0.0
+            for r in ratios
+        ],
+        cheap_s / full_s,
+        [None, 4e9, 0.5],
+    )
 
 
 def trace_objective(doc: dict[str, Any], noise: float) -> Objective:
@@ -113,25 +126,50 @@ def trace_objective(doc: dict[str, Any], noise: float) -> Objective:
     rows = []
     for frac in np.geomspace(0.02, 0.8, 24):
         for policy in ("lru", "lfu"):
-            for pf, depth in (("none", None), ("next_layer", 1), ("next_layer", 2),
-                              ("previous_token", 1), ("previous_token", 2)):  # fmt: skip
+            for pf, depth in (
+                ("none", None),
+                ("next_layer", 1),
+                ("next_layer", 2),
+                ("previous_token", 1),
+                ("previous_token", 2),
+            ):
                 cache = int(frac * doc["expert_bytes"]) // 4096 * 4096
-                cfg = EngineConfig(cache_bytes=cache, cache_policy=policy, prefetch=pf,
-                                   prefetch_depth=depth or 1)  # fmt: skip
+                cfg = EngineConfig(
+                    cache_bytes=cache, cache_policy=policy, prefetch=pf, prefetch_depth=depth or 1
+                )
                 est = simulate(trace, cfg, rates=rates)
                 params = {"cache_fraction": float(frac), "cache_policy": policy, "prefetch": pf}
                 if depth is not None:
                     params["prefetch_depth"] = depth
                 rows.append(Row(params, (float(est["decode_tok_s_estimate"]), float(cache))))
-    return Objective("trace", space, Table(space, rows), ["maximize", "minimize"],
-                     [noise, 0.0], [1.0, 1.0], [noise, 0.0], 0.0, [None, None])  # fmt: skip
+    return Objective(
+        "trace",
+        space,
+        Table(space, rows),
+        ["maximize", "minimize"],
+        [noise, 0.0],
+        [1.0, 1.0],
+        [noise, 0.0],
+        0.0,
+        [None, None],
+    )
 
 
-def run(obj: Objective, sampler: str, seed: int, n: int, racing: bool, fidelity: bool,
-        lo: np.ndarray, hi: np.ndarray) -> tuple[list[tuple[float, float]], int]:  # fmt: skip
+def run(
+    obj: Objective,
+    sampler: str,
+    seed: int,
+    n: int,
+    racing: bool,
+    fidelity: bool,
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> tuple[list[tuple[float, float]], int]:
     """[(cost so far, hypervolume)] after each trial, and the full probes the cheap one saved."""
-    study = optuna.create_study(directions=obj.directions, sampler=make_sampler(
-        sampler, seed=seed, space=obj.space, n_trials=n))  # fmt: skip
+    study = optuna.create_study(
+        directions=obj.directions,
+        sampler=make_sampler(sampler, seed=seed, space=obj.space, n_trials=n),
+    )
     rng = np.random.default_rng(seed + 7919)
     spec = RacingSpec()
     measured: list[list[float]] = []
@@ -173,9 +211,14 @@ def run(obj: Objective, sampler: str, seed: int, n: int, racing: bool, fidelity:
     return curve, saved
 
 
-def _reported_hv(measured: list[list[float]], true: list[tuple[float, ...]],
-                 feasible: list[bool], directions: list[str], lo: np.ndarray,
-                 hi: np.ndarray) -> float:  # fmt: skip
+def _reported_hv(
+    measured: list[list[float]],
+    true: list[tuple[float, ...]],
+    feasible: list[bool],
+    directions: list[str],
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> float:
     idx = [i for i, f in enumerate(feasible) if f]
     if not idx:
         return 0.0
@@ -249,8 +292,9 @@ def main() -> None:
                 # the same sampler with the same seeds: the same curves, no need to rerun
                 curves[key], saved[key] = curves[f"{auto}/{variant}"], saved[f"{auto}/{variant}"]
                 continue
-            res = [run(obj, sampler, seed, n, *VARIANTS[variant], lo, hi)
-                   for seed in range(args.seeds)]  # fmt: skip
+            res = [
+                run(obj, sampler, seed, n, *VARIANTS[variant], lo, hi) for seed in range(args.seeds)
+            ]
             curves[key] = [c for c, _ in res]
             saved[key] = [s for _, s in res]
             print(f"  ran {key}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
@@ -265,8 +309,10 @@ def main() -> None:
             budget = max(c[-1][0] for c in cs)
             med = statistics.median(need)
             spread = f"[{_fmt(need[0], budget)}, {_fmt(need[-1], budget)}]"
-            hvs = [statistics.median(hv_at(c, x) for c in cs) if x <= budget else None
-                   for x in (25, 50, 100, 200)]  # fmt: skip
+            hvs = [
+                statistics.median(hv_at(c, x) for c in cs) if x <= budget else None
+                for x in (25, 50, 100, 200)
+            ]
             print(
                 f"{key:<22} {_fmt(med, budget) + ' ' + spread:>24} "
                 + " ".join("      -" if h is None else f"{h:7.4f}" for h in hvs)

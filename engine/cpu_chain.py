@@ -31,13 +31,17 @@ from engine.streaming import StreamingSwitchGLU
 # is the plain pre-norm form above, in mlx-lm's modules of these names.
 CHAINED: dict[tuple[str, str], tuple[str, str, str]] = {
     ("mlx_lm.models.qwen3_moe", "Qwen3MoeDecoderLayer"): (
-        "mlp", "Qwen3MoeSparseMoeBlock", "softmax_topk",
+        "mlp",
+        "Qwen3MoeSparseMoeBlock",
+        "softmax_topk",
     ),
     ("mlx_lm.models.olmoe", "TransformerBlock"): ("mlp", "OlmoeSparseMoeBlock", "softmax_topk"),
     ("mlx_lm.models.mixtral", "MixtralDecoderLayer"): (
-        "block_sparse_moe", "MixtralSparseMoeBlock", "topk_softmax",
+        "block_sparse_moe",
+        "MixtralSparseMoeBlock",
+        "topk_softmax",
     ),
-}  # fmt: skip
+}
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

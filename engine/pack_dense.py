@@ -23,8 +23,16 @@ from engine.families import build_skeleton
 from engine.hf_experts import SLOTS, used_sources
 
 # mlx dtype -> safetensors code (numpy has no bf16: it travels as its uint16 bits)
-_ST = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32", mx.uint32: "U32",
-       mx.uint8: "U8", mx.int32: "I32", mx.int64: "I64", mx.bool_: "BOOL"}  # fmt: skip
+_ST = {
+    mx.bfloat16: "BF16",
+    mx.float16: "F16",
+    mx.float32: "F32",
+    mx.uint32: "U32",
+    mx.uint8: "U8",
+    mx.int32: "I32",
+    mx.int64: "I64",
+    mx.bool_: "BOOL",
+}
 
 
 def sanitized_dense(ckpt: Any) -> dict[str, mx.array]:
@@ -59,8 +67,11 @@ def write_sanitized_dense(
     for n, a in tensors.items():
         if a.dtype not in _ST:
             raise CheckpointError(f"{ckpt.root}: tensor {n} has dtype {a.dtype}, not storable")
-        header[n] = {"dtype": _ST[a.dtype], "shape": list(a.shape),
-                     "data_offsets": [offset, offset + a.nbytes]}  # fmt: skip
+        header[n] = {
+            "dtype": _ST[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
         offset += a.nbytes
     hb = json.dumps(header, separators=(",", ":")).encode()
     hb += b" " * (-len(hb) % 8)  # safetensors pads the header to 8 bytes

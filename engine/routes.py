@@ -44,6 +44,8 @@ def record_routes(model: nn.Module, keep_inputs: bool = False) -> dict[int, list
     for layer, _path, block in moe_blocks(model):
         sink: list = []
         sinks[layer] = sink
-        set_experts(block, RouteRecorder(get_experts(block), lambda x, i, s=sink: s.append((x, i)),
-                                         keep_inputs))  # fmt: skip
+        set_experts(
+            block,
+            RouteRecorder(get_experts(block), lambda x, i, s=sink: s.append((x, i)), keep_inputs),
+        )
     return sinks

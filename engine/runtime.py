@@ -48,9 +48,14 @@ from engine.store import Store
 
 # current_rss/peak_rss/reset_peak_rss/disk_read_bytes are re-exported for callers of this module.
 __all__ = [
-    "Engine", "check_variant", "current_rss", "disk_read_bytes", "peak_rss",
-    "reset_peak_rss", "resolve_compute_path",
-]  # fmt: skip
+    "Engine",
+    "check_variant",
+    "current_rss",
+    "disk_read_bytes",
+    "peak_rss",
+    "reset_peak_rss",
+    "resolve_compute_path",
+]
 
 MLX_CACHE_LIMIT = 16 << 20  # MLX's buffer cache under a memory budget
 # Runtime memory the budget reserves beyond the process at start-up: MLX's buffer cache, the

@@ -174,9 +174,14 @@ class StreamingSwitchGLU(nn.Module):
             )
             p0, p1 = ptr[g0], ptr[g1]
             K.expert_ffn(
-                arena.data, slots, arena.mats, xn, pair_tok[p0:p1], ptr[g0 : g1 + 1] - p0,
+                arena.data,
+                slots,
+                arena.mats,
+                xn,
+                pair_tok[p0:p1],
+                ptr[g0 : g1 + 1] - p0,
                 out[p0:p1],
-            )  # fmt: skip
+            )
             self._provider.release()
         if not np.isfinite(out).all():
             bad = sorted({int(e) for e in flat_idx[order][~np.isfinite(out).all(axis=1)]})

@@ -62,8 +62,16 @@ def mlx_quantized_checkpoint(
     def get(family: str, quantize: bool = True) -> Path:
         if (family, quantize) not in cache:
             out = root / f"{family}-{'q' if quantize else 'fp'}"
-            cmd = [sys.executable, "-m", "mlx_lm", "convert", "--hf-path",
-                   str(tiny_checkpoint(family)), "--mlx-path", str(out)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlx_lm",
+                "convert",
+                "--hf-path",
+                str(tiny_checkpoint(family)),
+                "--mlx-path",
+                str(out),
+            ]
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local dir must never need the network
             subprocess.run(
                 cmd + ["-q"] * quantize, check=True, capture_output=True, env=env, timeout=300

@@ -80,8 +80,9 @@ def test_bench_json_has_every_row_ratio_and_roofline(
     suite.write_text(SUITE)
     cfg = tmp_path / "cfg.toml"
     EngineConfig(cache_bytes=1 << 20, io_threads=2, read_chunk_bytes=1 << 16).to_toml(cfg)
-    out = _bench([str(packed_store("qwen3_moe").root), "--suite", str(suite),
-                  "--config", str(cfg)], capsys)  # fmt: skip
+    out = _bench(
+        [str(packed_store("qwen3_moe").root), "--suite", str(suite), "--config", str(cfg)], capsys
+    )
     names = [r["name"] for r in out["rows"]]
     assert names == ["mlx-lm resident", "naive streaming", "config"]
     for row in out["rows"]:
@@ -90,8 +91,12 @@ def test_bench_json_has_every_row_ratio_and_roofline(
         assert 0.0 <= row["cache_hit_rate"] <= 1.0 and row["peak_mlx_bytes"] > 0
     naive, config = out["rows"][1], out["rows"][2]
     assert naive["bytes_read_per_token"] >= config["bytes_read_per_token"] > 0
-    for key in ("decode_config_over_resident", "decode_config_over_naive",
-                "ttft_speedup_over_resident", "ttft_speedup_over_naive"):  # fmt: skip
+    for key in (
+        "decode_config_over_resident",
+        "decode_config_over_naive",
+        "ttft_speedup_over_resident",
+        "ttft_speedup_over_naive",
+    ):
         assert out["ratios"][key] > 0
     ro = out["roofline"]
     assert ro["io_threads"] == 2 and ro["read_bytes"] <= 1 << 16

@@ -195,8 +195,11 @@ def ckpt(tiny_checkpoint: Callable[[str], Path], tmp_path: Path) -> Path:
 def test_pack_refuses_overlapping_tensors(ckpt: Path, tmp_path: Path, capsys) -> None:
     shard = sorted(ckpt.glob("*.safetensors"))[0]
     header, start, raw = read_safetensors_header(shard)
-    size = {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
-            if k != "__metadata__"}  # fmt: skip
+    size = {
+        k: v["data_offsets"][1] - v["data_offsets"][0]
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
     # Two tensors of one size: pointing b at a's bytes makes the overlap the only thing wrong.
     a, b = next((a, b) for a in size for b in size if a < b and size[a] == size[b])
     header[b]["data_offsets"] = list(header[a]["data_offsets"])

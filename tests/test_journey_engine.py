@@ -55,8 +55,17 @@ def test_engine_run_does_not_count_page_cache_left_by_an_earlier_run(
     # Direct reads bypass the page cache, so all a run itself leaves there is the dense weights:
     # anything more was left by an earlier reader.
     EngineConfig(io_mode="direct").to_toml(cfg)
-    argv = ["run", str(store.root), "--config", str(cfg), "--prompt-ids", "1,2,3",
-            "--max-tokens", "2", "--json"]  # fmt: skip
+    argv = [
+        "run",
+        str(store.root),
+        "--config",
+        str(cfg),
+        "--prompt-ids",
+        "1,2,3",
+        "--max-tokens",
+        "2",
+        "--json",
+    ]
 
     def page_cache_after(warm: bool) -> int:
         if warm:
@@ -79,8 +88,12 @@ def test_store_mismatch_error_names_the_store_the_config_was_tuned_on(
 ) -> None:
     store = packed_store("qwen3_moe")
     cfg = tmp_path / "tuned.toml"
-    EngineConfig().to_toml(cfg, extra_tables={"provenance": {
-        "store": "/data/stores/big-b4", "store_fingerprint": "0" * 64}})  # fmt: skip
+    EngineConfig().to_toml(
+        cfg,
+        extra_tables={
+            "provenance": {"store": "/data/stores/big-b4", "store_fingerprint": "0" * 64}
+        },
+    )
     other = tmp_path / "copy"
     shutil.copytree(store.root, other)
     argv = ["run", str(other), "--config", str(cfg), "--prompt-ids", "1", "--max-tokens", "1"]

@@ -29,8 +29,14 @@ def _packed(o: int, i: int, bits: int, gs: int, seed: int = 0):
         np.array(q).view(np.uint8).ravel(),
         np.array(s.astype(mx.float32)).ravel(),
         np.array(b.astype(mx.float32)).ravel(),
-        bits, fmt, o, i, gs, int(table[0, K.M_F]), buf,
-    )  # fmt: skip
+        bits,
+        fmt,
+        o,
+        i,
+        gs,
+        int(table[0, K.M_F]),
+        buf,
+    )
     return (q, s, b), buf, table
 
 
@@ -124,8 +130,9 @@ def test_expert_ffn_pairs_equal_each_pair_alone() -> None:
     for p, tok in enumerate(pair_tok):
         owner = int(np.searchsorted(ptr, p, side="right") - 1)
         alone = np.empty((1, d), np.float32)
-        K.expert_ffn(arena, slots[owner : owner + 1], table, x, pair_tok[p : p + 1],
-                     np.array([0, 1]), alone)  # fmt: skip
+        K.expert_ffn(
+            arena, slots[owner : owner + 1], table, x, pair_tok[p : p + 1], np.array([0, 1]), alone
+        )
         np.testing.assert_array_equal(out[p], alone[0], err_msg=f"pair {p} (token {tok})")
 
 
@@ -158,9 +165,14 @@ def test_arena_load_matches_mlx_dequantize(packed_store: Callable[..., Store]) -
     out = np.empty((1, int(arena.mats[0, K.M_O])), np.float32)
     K.linear(arena.data[0], arena.mats[0], x, out)
     ref = mx.quantized_matmul(
-        mx.array(x), w["gate_proj.weight"], w["gate_proj.scales"], w["gate_proj.biases"],
-        transpose=True, group_size=store.group_size, bits=store.bits,
-    )  # fmt: skip
+        mx.array(x),
+        w["gate_proj.weight"],
+        w["gate_proj.scales"],
+        w["gate_proj.biases"],
+        transpose=True,
+        group_size=store.group_size,
+        bits=store.bits,
+    )
     np.testing.assert_allclose(out, np.array(ref), rtol=0, atol=1e-4)
 
 

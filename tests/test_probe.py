@@ -43,8 +43,13 @@ def test_probe_json_has_every_metric_with_sane_values(
     for key in METRICS:
         assert isinstance(out[key], int | float), key
         assert out[key] >= 0, key
-    for key in ("cache_hit_rate", "prefetch_precision", "prefetch_recall", "io_stall_fraction",
-                "top1_agreement"):  # fmt: skip
+    for key in (
+        "cache_hit_rate",
+        "prefetch_precision",
+        "prefetch_recall",
+        "io_stall_fraction",
+        "top1_agreement",
+    ):
         assert 0.0 <= out[key] <= 1.0, key
     assert out["memory_bytes"] >= out["peak_rss_bytes"] > 0
     assert out["decode_tok_s"] > 0 and out["ttft_s"] > 0
@@ -169,8 +174,9 @@ def test_simulator_agrees_with_engine(traced) -> None:
     assert abs(sim["cache_hit_rate"] - measured["cache_hit_rate"]) <= 0.03
     assert abs(sim["prefetch_recall"] - measured["prefetch_recall"]) <= 0.03
     assert abs(sim["prefetch_precision"] - measured["prefetch_precision"]) <= 0.03
-    assert sim["bytes_read_per_token"] == pytest.approx(measured["bytes_requested_per_token"],
-                                                        rel=0.05)  # fmt: skip
+    assert sim["bytes_read_per_token"] == pytest.approx(
+        measured["bytes_requested_per_token"], rel=0.05
+    )
     est = simulate(trace, cfg, rates=Rates(compute_s_per_token=0.01, disk_bytes_per_s=1e9))
     assert 0 < est["decode_tok_s_estimate"] <= 100
 
@@ -213,8 +219,9 @@ def test_smaller_cache_never_hits_more_in_the_engine(packed_store: Callable[...,
     store = packed_store("qwen3_moe")
     suite = _suite(store)
     q = _quarter_cache(store)
-    rates = [probe(store, EngineConfig(cache_bytes=q * f), suite)["cache_hit_rate"]
-             for f in (0, 1, 2, 4)]  # fmt: skip
+    rates = [
+        probe(store, EngineConfig(cache_bytes=q * f), suite)["cache_hit_rate"] for f in (0, 1, 2, 4)
+    ]
     assert rates == sorted(rates) and rates[0] == 0.0
 
 

@@ -175,10 +175,23 @@ def test_random_safetensors_bytes(tmp_path_factory, raw: bytes, declared: int) -
 
 # ---- config.json ----------------------------------------------------------------------------
 
-CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_experts",
-               "num_experts_per_tok", "num_attention_heads", "num_key_value_heads", "head_dim",
-               "moe_intermediate_size", "model_type", "quantization", "rope_theta",
-               "max_position_embeddings", "tie_word_embeddings", "rms_norm_eps")  # fmt: skip
+CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_experts",
+    "num_experts_per_tok",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "moe_intermediate_size",
+    "model_type",
+    "quantization",
+    "rope_theta",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "rms_norm_eps",
+)
 
 
 @st.composite
@@ -188,9 +201,10 @@ def config_edits(draw: st.DrawFn, config: dict[str, Any]) -> dict[str, Any]:
     for key in draw(st.lists(st.sampled_from(CONFIG_KEYS), min_size=1, max_size=3)):
         if draw(st.booleans()):
             cfg[key] = draw(
-                st.integers(-2, 16) | st.sampled_from([2**31, 10**6, 1e12, "x", [1], None])
+                st.integers(-2, 16)
+                | st.sampled_from([2**31, 10**6, 1e12, "x", [1], None])
                 | json_values
-            )  # fmt: skip
+            )
         else:
             cfg.pop(key, None)
     return cfg
@@ -317,10 +331,17 @@ def test_probe_suite_toml(tmp_path_factory, data: st.DataObject, with_tok: bool)
 
 
 CONFIG = {
-    "engine": {"cache_bytes": 1 << 20, "io_mode": "mmap", "io_threads": 2, "prefetch": "none",
-               "quant_bits": 4, "pinned_fraction": 0.5, "experts_per_token": 2},
+    "engine": {
+        "cache_bytes": 1 << 20,
+        "io_mode": "mmap",
+        "io_threads": 2,
+        "prefetch": "none",
+        "quant_bits": 4,
+        "pinned_fraction": 0.5,
+        "experts_per_token": 2,
+    },
     "provenance": {"store_fingerprint": "ab", "metrics": {"decode_tok_s": 1.0}},
-}  # fmt: skip
+}
 
 
 @SETTINGS

@@ -55,8 +55,9 @@ def test_truncated_layer_file_fails_clearly_without_hanging(
     store = _copy(packed_store("qwen3_moe"), tmp_path / "s")
     victim = store.root / store.layers[-1].file
     victim.write_bytes(victim.read_bytes()[: store.expert_span])  # only expert slot 0 survives
-    cfg = EngineConfig(cache_bytes=0, io_mode=io_mode, prefetch=prefetch, io_threads=2,
-                       read_chunk_bytes=8192)  # fmt: skip
+    cfg = EngineConfig(
+        cache_bytes=0, io_mode=io_mode, prefetch=prefetch, io_threads=2, read_chunk_bytes=8192
+    )
 
     def go() -> None:
         with Engine(store, cfg) as engine:
@@ -118,8 +119,9 @@ def test_pinned_policy_pins_the_profiles_hottest_experts(
     store = packed_store("qwen3_moe")
     profile = store.profile()
     assert profile is not None  # pack calibrates models that fit in RAM
-    ranked = sorted(((c, layer, e) for layer, cs in profile.items() for e, c in enumerate(cs)),
-                    reverse=True)  # fmt: skip
+    ranked = sorted(
+        ((c, layer, e) for layer, cs in profile.items() for e, c in enumerate(cs)), reverse=True
+    )
     routed: set[tuple[int, int]] = set()
 
     class Routes:  # the provider's tracer hook: every expert a layer step routes to
@@ -163,8 +165,21 @@ def test_run_cli_text_and_config(
     store = packed_store("qwen3_moe")
     cfg = tmp_path / "c.toml"
     EngineConfig(cache_bytes=0, prefetch="next_layer").to_toml(cfg)
-    assert main(["run", str(store.root), "--config", str(cfg), "--prompt-ids", "4,5",
-                 "--max-tokens", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                str(store.root),
+                "--config",
+                str(cfg),
+                "--prompt-ids",
+                "4,5",
+                "--max-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines[0].split()) == 3 and "tok/s" in lines[1] and "hit rate 0.0%" in lines[1]
 
@@ -241,9 +256,7 @@ def test_a_relative_budget_is_the_same_bytes_for_every_variant_of_a_model(
     variant gets the 16-bit model's budget (not 30% of its own, smaller experts) and so holds
     more experts in it."""
     b16, b4 = packed_store("qwen3_moe"), packed_store("qwen3_moe", bits=4)
-    params = sum(
-        math.prod(t.shape) for t in b16.expert_tensors if t.name.endswith(".weight")
-    )
+    params = sum(math.prod(t.shape) for t in b16.expert_tensors if t.name.endswith(".weight"))
     assert b16.source_expert_nbytes == b4.source_expert_nbytes == 2 * params
     cfg = EngineConfig(cache_bytes=1 << 40, expert_memory_fraction=0.3)
     held = {}

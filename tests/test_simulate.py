@@ -26,8 +26,13 @@ def _trace() -> Trace:
         rank[i, 1, :8] = [2, 3, 0, 1, 4, 5, 6, 7]
     for i in (1, 3):
         rank[i, 0, :8] = [2, 3, 0, 1, 4, 5, 6, 7]
-    meta = {"entry_bytes": 100, "expert_span": SPAN, "top_k": 2, "moe_layers": [0, 1],
-            "num_experts": 8}  # fmt: skip
+    meta = {
+        "entry_bytes": 100,
+        "expert_span": SPAN,
+        "top_k": 2,
+        "moe_layers": [0, 1],
+        "num_experts": 8,
+    }
     return Trace(
         meta=meta,
         layer=np.array([0, 1, 0, 1], np.int32),

@@ -89,8 +89,9 @@ def test_every_knob_combination_matches_mlx_lm(
     size: str,
 ) -> None:
     store = packed_store(family)
-    base = EngineConfig(io_mode=io_mode, cache_policy=policy, prefetch=prefetch,
-                        read_chunk_bytes=8192, io_threads=3)  # fmt: skip
+    base = EngineConfig(
+        io_mode=io_mode, cache_policy=policy, prefetch=prefetch, read_chunk_bytes=8192, io_threads=3
+    )
     total = _all_experts_bytes(store, base)
     cache = {"none": 0, "some": total // 4, "all": total}[size]
     with Engine(store, base.replace(cache_bytes=cache)) as engine:

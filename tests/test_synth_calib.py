@@ -21,8 +21,9 @@ def test_plan_estimate_matches_mlx_lm_on_a_built_model(
 ) -> None:
     built = routing_stats(tiny_checkpoint("qwen3_moe"))
     p = PRESETS["tiny"]
-    plan = simulate(make_config("qwen3_moe", "tiny"), (0.25,), None, p.prompts, p.prompt_len,
-                    p.decode_tokens)  # fmt: skip
+    plan = simulate(
+        make_config("qwen3_moe", "tiny"), (0.25,), None, p.prompts, p.prompt_len, p.decode_tokens
+    )
     assert abs(plan.hit_rate[0.25] - built["hit_rate"]) < 0.06, (plan, built)
     assert abs(plan.next_layer_recall - built["next_layer_recall"]) < 0.06, (plan, built)
     assert abs(plan.reuse_vs_chance - built["reuse_vs_chance"]) < 0.3, (plan, built)

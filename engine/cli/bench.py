@@ -137,8 +137,14 @@ def _resident_row(src: Path | None, suite: Suite) -> dict[str, Any]:
     from engine.generate import generate
 
     m = _run_suite(lambda ids, n: generate(model, ids, n), suite)
-    return _row(name, load_s=load_s, bytes_read_per_token=0.0, cache_hit_rate=1.0,
-                peak_mlx_bytes=mx.get_peak_memory(), **m)  # fmt: skip
+    return _row(
+        name,
+        load_s=load_s,
+        bytes_read_per_token=0.0,
+        cache_hit_rate=1.0,
+        peak_mlx_bytes=mx.get_peak_memory(),
+        **m,
+    )
 
 
 def _naive_row(store: Store, src: Path | None, suite: Suite) -> dict[str, Any]:
@@ -254,16 +260,18 @@ def _roofline(store: Store, config: EngineConfig, cfg_row: dict[str, Any]) -> di
     try:
         if big.stat().st_size >= ROOFLINE_MIN_FILE:
             out["file"] = str(big)
-            gb_s = measure_read_bandwidth(big, chunk, threads, config.io_mode, ROOFLINE_BYTES,
-                                          pattern="random")  # fmt: skip
+            gb_s = measure_read_bandwidth(
+                big, chunk, threads, config.io_mode, ROOFLINE_BYTES, pattern="random"
+            )
         else:
             # Too small to leave the drive's cache; a temp file on the store's disk stands in.
             # Next to the store (same disk), never inside it: the store stays untouched.
             with tempfile.TemporaryDirectory(prefix=".bench-", dir=store.root.parent) as d:
                 f = make_test_file(Path(d) / "roofline.bin", ROOFLINE_BYTES)
                 out["file"] = f"temp file in {store.root.parent}"
-                gb_s = measure_read_bandwidth(f, chunk, threads, config.io_mode, ROOFLINE_BYTES,
-                                              pattern="random")  # fmt: skip
+                gb_s = measure_read_bandwidth(
+                    f, chunk, threads, config.io_mode, ROOFLINE_BYTES, pattern="random"
+                )
     except (EngineError, OSError, ValueError) as e:
         out.update(raw_gb_s=None, achieved_gb_s=None, efficiency=None, reason=str(e))
         return out
@@ -303,10 +311,24 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(expand=False, title=f"bench {result['store']} ({result['suite']['name']} suite)")
-    cols = [("row", None), ("decode tok/s", ""), ("ttft s", ""), ("bytes/token", "B"),
-            ("hit rate", "%"), ("peak MLX mem", "B"), ("load s", "")]  # fmt: skip
-    keys = [None, "decode_tok_s", "ttft_s", "bytes_read_per_token", "cache_hit_rate",
-            "peak_mlx_bytes", "load_s"]  # fmt: skip
+    cols = [
+        ("row", None),
+        ("decode tok/s", ""),
+        ("ttft s", ""),
+        ("bytes/token", "B"),
+        ("hit rate", "%"),
+        ("peak MLX mem", "B"),
+        ("load s", ""),
+    ]
+    keys = [
+        None,
+        "decode_tok_s",
+        "ttft_s",
+        "bytes_read_per_token",
+        "cache_hit_rate",
+        "peak_mlx_bytes",
+        "load_s",
+    ]
     for c, _ in cols:
         t.add_column(c, justify="left" if c == "row" else "right")
     for r in result["rows"]:

@@ -35,8 +35,15 @@ def probe_command(args: argparse.Namespace) -> int:
     vocab = int(text_config(store.config)["vocab_size"])  # nested in vision-language configs
     suite = load_suite(suite_path, vocab_size=vocab, tokenizer=tokenizer)
     reference = None if args.no_quality else get_reference(store, suite, args.reference)
-    out = probe(store, config, suite, cold=args.cold, repeats=args.repeats,
-                reference=reference, trace_path=args.trace)  # fmt: skip
+    out = probe(
+        store,
+        config,
+        suite,
+        cold=args.cold,
+        repeats=args.repeats,
+        reference=reference,
+        trace_path=args.trace,
+    )
     out["machine"] = fingerprint(store.root)
     if args.json:
         print(json.dumps(out))
@@ -60,7 +67,13 @@ def _print_summary(out: dict[str, Any]) -> None:
         spread = out.get("spread", {}).get(key)
         extra = f" (± {_fmt(key, spread)})" if spread else ""
         print(f"{key}: {_fmt(key, out.get(key))}{extra}")
-    for key in ("tokens", "decode_tokens_measured", "warmup_tokens_excluded", "cold",
-                "repeats", "reference"):  # fmt: skip
+    for key in (
+        "tokens",
+        "decode_tokens_measured",
+        "warmup_tokens_excluded",
+        "cold",
+        "repeats",
+        "reference",
+    ):
         print(f"{key}: {out.get(key)}")
     sys.stdout.flush()

@@ -124,9 +124,11 @@ def run_command(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         c0, mark = engine.counters(), {}
         gen = engine.generate(
-            prompt, args.max_tokens, eos=eos,
+            prompt,
+            args.max_tokens,
+            eos=eos,
             on_token=lambda _t: mark.setdefault("c1", engine.counters()),
-        )  # fmt: skip
+        )
         decode = Phase()
         decode.add(mark["c1"], engine.counters())
         summary = run_summary(engine, gen, time.perf_counter() - t0, c0, decode)

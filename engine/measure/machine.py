@@ -83,12 +83,19 @@ def git_revision() -> str | None:
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=repo, capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo, capture_output=True, text=True, timeout=5,
-        ).stdout.strip()  # fmt: skip
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{rev}-dirty" if dirty else rev or None

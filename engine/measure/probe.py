@@ -27,8 +27,14 @@ from engine.runtime import Engine, peak_rss, reset_peak_rss
 from engine.store import Store
 from engine.suite import Suite
 
-TIMING = ("ttft_s", "prefill_tok_s", "decode_tok_s", "latency_p50_s", "latency_p99_s",
-          "latency_max_s")  # fmt: skip
+TIMING = (
+    "ttft_s",
+    "prefill_tok_s",
+    "decode_tok_s",
+    "latency_p50_s",
+    "latency_p99_s",
+    "latency_max_s",
+)
 COUNTS = ("tokens", "decode_tokens_measured", "warmup_tokens_excluded", "prefill_tokens")
 BUDGET_SLACK = 1.02  # a sampled peak this far over memory_budget_bytes is a breach, not a figure
 
@@ -59,12 +65,20 @@ def measure_once(
         if trace:
             from engine.model import routers
 
-            tracer = Tracer(store.moe_layers, routers(eng.model, eng.family), {
-                "moe_layers": list(store.moe_layers), "top_k": eng.top_k,
-                "num_experts": store.num_experts, "entry_bytes": eng.entry_bytes,
-                "expert_span": store.expert_span, "store": store.fingerprint,
-                "suite": suite.fingerprint, "config": config.to_dict(),
-            })  # fmt: skip
+            tracer = Tracer(
+                store.moe_layers,
+                routers(eng.model, eng.family),
+                {
+                    "moe_layers": list(store.moe_layers),
+                    "top_k": eng.top_k,
+                    "num_experts": store.num_experts,
+                    "entry_bytes": eng.entry_bytes,
+                    "expert_span": store.expert_span,
+                    "store": store.fingerprint,
+                    "suite": suite.fingerprint,
+                    "config": config.to_dict(),
+                },
+            )
             eng.provider.tracer = tracer
         prefill, decode = Phase(), Phase()
         gens = []
@@ -163,9 +177,13 @@ def probe(
         if on_repeat:
             on_repeat(r)
         m, tr = measure_once(
-            store, config, suite, cold=cold, trace=trace_path is not None and r == 0,
+            store,
+            config,
+            suite,
+            cold=cold,
+            trace=trace_path is not None and r == 0,
             reference=reference if r == 0 else None,
-        )  # fmt: skip
+        )
         if tr is not None and trace_path is not None:
             tr.save(trace_path)
         samples.append(m)

@@ -74,9 +74,13 @@ def simulate(
         why = f"prefetch_width = 0 means top-k {top_k}, more than the trace ranks"
     if why is not None:
         raise ConfigError(why)
-    cache = ExpertCache(config.cache_bytes, config.cache_policy,
-                        pinned_fraction=config.pinned_fraction, hot=hot,
-                        entry_bytes=entry_bytes)  # fmt: skip
+    cache = ExpertCache(
+        config.cache_bytes,
+        config.cache_policy,
+        pinned_fraction=config.pinned_fraction,
+        hot=hot,
+        entry_bytes=entry_bytes,
+    )
     moe_layers = tuple(int(x) for x in meta["moe_layers"])
     first = moe_layers[0]
     prefetcher = _replay_prefetcher(trace, config, cache, moe_layers, top_k)
@@ -120,8 +124,11 @@ def simulate(
         c = rates.compute_s_per_token
         stall = out["demand_bytes_per_token"] / rates.disk_bytes_per_s
         # Prefetch reads overlap compute; only what does not fit behind it adds time.
-        spill = max(0.0, (out["bytes_read_per_token"] - out["demand_bytes_per_token"])
-                    / rates.disk_bytes_per_s - c)  # fmt: skip
+        spill = max(
+            0.0,
+            (out["bytes_read_per_token"] - out["demand_bytes_per_token"]) / rates.disk_bytes_per_s
+            - c,
+        )
         out["decode_tok_s_estimate"] = 1.0 / (c + stall + spill)
     return out
 

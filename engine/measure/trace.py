@@ -48,10 +48,15 @@ class Trace:
             np.savez_compressed(
                 path,
                 meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8),
-                layer=self.layer, prompt=self.prompt, phase=self.phase, step=self.step,
-                offsets=self.offsets, experts=self.experts, scores=self.scores,
+                layer=self.layer,
+                prompt=self.prompt,
+                phase=self.phase,
+                step=self.step,
+                offsets=self.offsets,
+                experts=self.experts,
+                scores=self.scores,
                 rank=self.rank,
-            )  # fmt: skip
+            )
         except OSError as e:
             raise ProbeError(f"{path}: cannot write the routing trace ({e.strerror or e})") from e
 
@@ -59,8 +64,17 @@ class Trace:
     def load(cls, path: str | Path) -> Trace:
         d = np.load(path, allow_pickle=False)
         meta = json.loads(bytes(d["meta"]).decode())
-        return cls(meta, d["layer"], d["prompt"], d["phase"], d["step"], d["offsets"],
-                   d["experts"], d["scores"], d["rank"])  # fmt: skip
+        return cls(
+            meta,
+            d["layer"],
+            d["prompt"],
+            d["phase"],
+            d["step"],
+            d["offsets"],
+            d["experts"],
+            d["scores"],
+            d["rank"],
+        )
 
 
 @dataclass

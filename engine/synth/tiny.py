@@ -175,9 +175,17 @@ def synthesize_family(
     known = family is None or family in synth.SYNTH_FAMILIES
     if real or (known and layout in (None, "hf")):
         return synth.synthesize(
-            out, family, preset, seed, force, knobs, progress,
-            layers=layers, quantize=quantize, group_size=group_size,
-        )  # fmt: skip
+            out,
+            family,
+            preset,
+            seed,
+            force,
+            knobs,
+            progress,
+            layers=layers,
+            quantize=quantize,
+            group_size=group_size,
+        )
     if layers is not None or quantize is not None:
         raise CheckpointError(
             f"--layers/--quantize apply to engine/synth/hf.py's presets, not to family {family!r}"

@@ -71,14 +71,11 @@ class HostBridge:
 HOST = HostBridge()  # one per process: the model runs on one thread
 
 
-class CpuLinear(nn.Module):
-    """Same call as the layer it replaces: (..., In) -> (..., Out), float32 out."""
+class _Dims:
+    """nn.Linear's input_dims/output_dims, which mlx-lm code reads off a projection."""
 
-    def __init__(self, buf: np.ndarray, table: np.ndarray, bias: np.ndarray | None) -> None:
-        super().__init__()
-        # Plain (non-MLX) attributes, so the module has no parameters for MLX to load or cast.
-        self._buf, self._m, self._bias = buf, table[0], bias
-        self._in, self._out = int(table[0, K.M_IN]), int(table[0, K.M_O])
+    _in: int
+    _out: int
 
     @property
     def input_dims(self) -> int:
@@ -87,6 +84,16 @@ class CpuLinear(nn.Module):
     @property
     def output_dims(self) -> int:
         return self._out
+
+
+class CpuLinear(_Dims, nn.Module):
+    """Same call as the layer it replaces: (..., In) -> (..., Out), float32 out."""
+
+    def __init__(self, buf: np.ndarray, table: np.ndarray, bias: np.ndarray | None) -> None:
+        super().__init__()
+        # Plain (non-MLX) attributes, so the module has no parameters for MLX to load or cast.
+        self._buf, self._m, self._bias = buf, table[0], bias
+        self._in, self._out = int(table[0, K.M_IN]), int(table[0, K.M_O])
 
     @property
     def nbytes(self) -> int:
@@ -171,7 +178,7 @@ class FusedRows:
         return self._outs[index]
 
 
-class SiblingLinear(nn.Module):
+class SiblingLinear(_Dims, nn.Module):
     """A projection whose rows live in a FusedRows; same call as the layer it replaces."""
 
     def __init__(self, rows: FusedRows, index: int) -> None:
@@ -181,14 +188,6 @@ class SiblingLinear(nn.Module):
         self._out = rows.bounds[index + 1] - rows.bounds[index]
         # the first sibling carries the fused buffer's bytes, so a sum counts them once
         self.nbytes = rows.fused.nbytes if index == 0 else 0
-
-    @property
-    def input_dims(self) -> int:
-        return self._in
-
-    @property
-    def output_dims(self) -> int:
-        return self._out
 
     def __call__(self, x: mx.array) -> mx.array:
         return self._rows.output(x, self._index)

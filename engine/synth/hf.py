@@ -31,6 +31,7 @@ from engine.errors import CheckpointError, EngineError, StoreExists
 from engine.families import FAMILIES, build_skeleton
 from engine.synth.presets import (
     ALL_PRESETS,
+    KIMI_ROUTING,
     PRESETS,
     REAL_PRESETS,
     Preset,
@@ -141,14 +142,7 @@ def make_config(
             "n_shared_experts": 1,
             "moe_intermediate_size": p.moe_inter,
             "intermediate_size": p.dense_inter,
-            "first_k_dense_replace": 1,
-            "moe_layer_freq": 1,
-            "n_group": 1,
-            "topk_group": 1,
-            "topk_method": "noaux_tc",
-            "scoring_func": "sigmoid",
-            "norm_topk_prob": True,
-            "routed_scaling_factor": 1.0,
+            **KIMI_ROUTING,
             "q_lora_rank": p.hidden // 2,
             "kv_lora_rank": p.hidden // 2,
             "qk_rope_head_dim": p.head_dim // 2,

@@ -18,6 +18,21 @@ from engine.errors import CheckpointError
 from engine.families import family_for
 from engine.synth.routing import RoutingKnobs
 
+# DeepSeek-V3 routing as Kimi K2 publishes it (first layer dense, sigmoid scores, one group),
+# shared by the kimi-k2 preset and the toy deepseek_v3 models. Published routed_scaling_factor
+# 2.827 only scales the MoE output; 1.0 keeps each layer's drift (and so the planted routing's
+# noise) comparable to the other presets.
+KIMI_ROUTING: dict[str, Any] = {
+    "first_k_dense_replace": 1,
+    "moe_layer_freq": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid",
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 1.0,
+}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -199,16 +214,7 @@ REAL_PRESETS: dict[str, RealPreset] = {
             "n_routed_experts": 384,
             "n_shared_experts": 1,
             "num_experts_per_tok": 8,
-            "first_k_dense_replace": 1,
-            "moe_layer_freq": 1,
-            "n_group": 1,
-            "topk_group": 1,
-            "topk_method": "noaux_tc",
-            "scoring_func": "sigmoid",
-            "norm_topk_prob": True,
-            # Published 2.827 only scales the MoE output; 1.0 keeps each layer's drift (and so
-            # the planted routing's noise) comparable to the other presets.
-            "routed_scaling_factor": 1.0,
+            **KIMI_ROUTING,
             "q_lora_rank": 1536,  # MLA dims as published
             "kv_lora_rank": 512,
             "qk_nope_head_dim": 128,

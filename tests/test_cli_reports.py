@@ -1,5 +1,5 @@
-"""Engine fixes from the user's journey: no measured decode step is null (not 0.0), `engine run`
-does not count page cache left by an earlier run, a store-mismatch error names the store."""
+"""What `engine probe` and `engine run` report: no measured decode step is null (not 0.0),
+`run` does not count page cache left by an earlier run, a store-mismatch error names the store."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def test_bench_with_the_source_gone_skips_the_baselines(
     packed_store: Callable[..., Store], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The checkpoint recorded in the store is gone: its rows are skipped with the reason.
-    (A --source given by name that does not exist is an error: test_hostile_inputs.)"""
+    (A --source given by name that does not exist is an error: test_cli_errors.)"""
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE)
     gone = tmp_path / "deleted-checkpoint"

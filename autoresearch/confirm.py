@@ -29,6 +29,7 @@ from autoresearch.optuna_view import publish
 from autoresearch.results import Figures, confirmed_key, load_results
 from autoresearch.study_file import StudySpec
 from autoresearch.trial import run_probe
+from engine import api
 from engine.config import EngineConfig
 from engine.contract import METRICS
 from engine.errors import ConfigError
@@ -70,6 +71,8 @@ def confirm_study(
     required = sorted({m for m, _ in spec.objectives} | {c.metric for c in spec.constraints})
     summary = ConfirmSummary(trials=[f.number for f in targets])
     summary.planned = repeats * (2 * len(targets) if targets else 1)
+    if spec.probe_command is None:  # every run loads the compiled kernels (see loop.run_study)
+        api.compile_kernels()
     note(
         f"confirm: {len(targets)} trial(s) {summary.trials} x {repeats} repeats, interleaved "
         f"with baseline trial {base.number}: {summary.planned} probe runs"

@@ -56,6 +56,7 @@ from autoresearch.storage import (
 from autoresearch.study_file import StudySpec
 from autoresearch.trial import ProbeResult, run_probe
 from autoresearch.variants import Variants
+from engine import api
 from engine.errors import ConfigError
 
 
@@ -95,6 +96,8 @@ def run_study(
         )
     # Optuna's per-trial INFO lines would interleave with our display; warnings still show.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.probe_command is None:  # real probes: each loads the kernels compiled once here
+        api.compile_kernels()
     try:
         return _run(spec, n_trials, timeout_s, display)
     except OSError as e:

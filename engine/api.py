@@ -134,6 +134,22 @@ def machine_id(disk: Path | None = None) -> str:
     return str(fingerprint(disk_path=disk, measure_disk=False)["id"])
 
 
+def compile_kernels(timeout_s: float = 900) -> bool:
+    """Compile the CPU kernels into numba's on-disk cache, in a child process, so every probe
+    after it loads them instead of compiling: a process that compiles holds ~160 MB more RSS,
+    which a relative memory budget (resolved from the process's own RSS) would hand to the
+    first trial only. False if the child failed (probes then compile, as before)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", "from engine.kernels import warm_up; warm_up()"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 # ---- trace simulation ------------------------------------------------------------------------
 
 

@@ -81,24 +81,18 @@ def git_revision() -> str | None:
     """HEAD of the repo this package lives in (+'-dirty'), None outside a git checkout."""
     repo = Path(__file__).resolve().parents[2]
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        rev = _git(repo, "rev-parse", "--short=12", "HEAD", check=True)
+        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no", check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{rev}-dirty" if dirty else rev or None
+
+
+def _git(repo: Path, *args: str, check: bool) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, timeout=5, check=check
+    )
+    return done.stdout.strip()
 
 
 # ---- disk ------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import optuna  # noqa: E402
 
 from engine.cli.bench import _config_row, _naive_row, _suite  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from engine.measure.diskbench import measure_read_bandwidth  # noqa: E402
+from engine.measure.diskbench import expert_read_bandwidth  # noqa: E402
 from engine.measure.probe import measure_once  # noqa: E402
 from engine.measure.simulate import Rates, simulate  # noqa: E402
 from engine.measure.trace import Trace  # noqa: E402
@@ -111,14 +111,7 @@ def search(store: Store, fraction: float, args: argparse.Namespace) -> list[Engi
     cache = int(m["cache_bytes"])
     # Compute per token: the measured decode time less the time it stalled on reads.
     compute_s = (1 - m["io_stall_fraction"]) / m["decode_tok_s"]
-    disk = measure_read_bandwidth(
-        store.layer_file(store.moe_layers[0]),
-        store.expert_span,
-        8,
-        "direct",
-        256 << 20,
-        pattern="random",
-    )
+    disk = expert_read_bandwidth(store)
     rates = Rates(compute_s_per_token=compute_s, disk_bytes_per_s=disk * 1e9)
 
     def objective(trial: optuna.Trial) -> float:
@@ -206,14 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuned_over_defaults: {tuned / rows['defaults']['decode_tok_s']:.2f}  (goal >= 2)")
     if rows["naive"].get("status", "ok") == "ok":
         print(f"tuned_over_naive: {tuned / rows['naive']['decode_tok_s']:.2f}  (goal >= 6)")
-    disk = measure_read_bandwidth(
-        store.layer_file(store.moe_layers[0]),
-        store.expert_span,
-        8,
-        "direct",
-        256 << 20,
-        pattern="random",
-    )
+    disk = expert_read_bandwidth(store)
     per_tok = rows["tuned"].get("bytes_read_per_token", 0) or 1
     print(
         f"bound_disk_roofline_tok_s: {disk * 1e9 / per_tok:.2f}  (disk {disk:.2f} GB/s random "

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.config import EngineConfig  # noqa: E402
-from engine.measure.diskbench import measure_read_bandwidth  # noqa: E402
+from engine.measure.diskbench import expert_read_bandwidth  # noqa: E402
 from engine.measure.probe import store_files  # noqa: E402
 from engine.pagecache import evict_all, resident_bytes_many  # noqa: E402
 from engine.store import Store  # noqa: E402
@@ -170,14 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    disk = measure_read_bandwidth(
-        store.layer_file(store.moe_layers[0]),
-        store.expert_span,
-        8,
-        "direct",
-        512 << 20,
-        pattern="random",
-    )
+    disk = expert_read_bandwidth(store, 512 << 20)
     print(f"disk_random_read_gb_s: {disk:.2f}  (direct, 8 threads, one expert per read)")
     with tempfile.TemporaryDirectory(prefix="bigger-than-ram-") as tmp:
         suite = trimmed_suite(store, args.prompts, args.tokens, Path(tmp) / "suite.toml")

@@ -207,17 +207,10 @@ def io_bound(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -
 
 def io_row(store: Store, prompts: list[list[int]], tokens: int, warmup: int) -> dict:
     """The I/O-bound config plus the disk bound at its read size; run in a fresh process."""
-    from engine.measure.diskbench import measure_read_bandwidth
+    from engine.measure.diskbench import expert_read_bandwidth
 
     io = io_bound(store, prompts, tokens, warmup)
-    io["disk_gb_s"] = measure_read_bandwidth(
-        store.layer_file(store.moe_layers[0]),
-        store.expert_span,
-        8,
-        "direct",
-        256 << 20,
-        pattern="random",
-    )
+    io["disk_gb_s"] = expert_read_bandwidth(store)
     return io
 
 

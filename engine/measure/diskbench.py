@@ -20,6 +20,7 @@ from engine.errors import ReadError
 from engine.pagecache import evict
 from engine.rawio import ALIGN, aligned_empty, pread_full
 from engine.reader import IO_MODES
+from engine.store import Store
 
 PATTERNS = ("sequential", "random")
 
@@ -138,3 +139,12 @@ def sweep(
             path, chunk, nt, mode, total_bytes, pattern=pattern
         )
     return out
+
+
+def expert_read_bandwidth(store: Store, total_bytes: int = 256 << 20, threads: int = 8) -> float:
+    """GB/s of the disk roofline the benchmarks compare with: random expert-sized O_DIRECT
+    reads of the first MoE layer's file on `threads` threads, page cache evicted first."""
+    path = store.layer_file(store.moe_layers[0])
+    return measure_read_bandwidth(
+        path, store.expert_span, threads, "direct", total_bytes, pattern="random"
+    )

@@ -35,27 +35,12 @@ from engine.model import (
 )
 from engine.pagecache import PageCacheBudget, evict, resident_bytes_many
 from engine.prefetch import Prefetcher
-from engine.procstats import (
-    current_rss,
-    disk_read_bytes,
-    peak_rss,
-    reset_peak_rss,
-    return_large_frees_to_os,
-)
+from engine.procstats import current_rss, disk_read_bytes, return_large_frees_to_os
 from engine.provider import ExpertProvider
 from engine.reader import ExpertReader
 from engine.store import Store
 
-# current_rss/peak_rss/reset_peak_rss/disk_read_bytes are re-exported for callers of this module.
-__all__ = [
-    "Engine",
-    "check_variant",
-    "current_rss",
-    "disk_read_bytes",
-    "peak_rss",
-    "reset_peak_rss",
-    "resolve_compute_path",
-]
+__all__ = ["Engine", "check_variant", "resolve_compute_path"]
 
 MLX_CACHE_LIMIT = 16 << 20  # MLX's buffer cache under a memory budget
 # Runtime memory the budget reserves beyond the process at start-up: MLX's buffer cache, the

@@ -90,7 +90,8 @@ def test_memory_budget_shrinks_the_cache_and_bounds_page_cache(
             pytest.skip(f"{dst}: filesystem keeps pages after FADV_DONTNEED")
         with Engine(store, EngineConfig(cache_bytes=0)) as probe_engine:
             base = probe_engine.working_bytes
-        from engine.runtime import current_rss, runtime_reserve
+        from engine.procstats import current_rss
+        from engine.runtime import runtime_reserve
 
         reserve = runtime_reserve(int(store.config["vocab_size"]))
         budget = current_rss() + base + reserve + 6 * store.expert_span

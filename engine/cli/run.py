@@ -21,7 +21,8 @@ from engine.generate import Generation
 from engine.measure.metrics import Phase, timing
 from engine.measure.probe import store_files
 from engine.pagecache import evict_all
-from engine.runtime import Engine, peak_rss
+from engine.procstats import peak_rss
+from engine.runtime import Engine
 from engine.shapes import open_for_run
 from engine.store import Store
 from engine.suite import DEFAULT_WARMUP

@@ -23,7 +23,8 @@ from engine.measure.metrics import Phase, timing
 from engine.measure.reference import Reference, compare
 from engine.measure.trace import Trace, Tracer
 from engine.pagecache import evict_all
-from engine.runtime import Engine, peak_rss, reset_peak_rss
+from engine.procstats import peak_rss, reset_peak_rss
+from engine.runtime import Engine
 from engine.store import Store
 from engine.suite import Suite
 

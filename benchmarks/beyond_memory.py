@@ -101,7 +101,9 @@ def _suite_of(store: Store, prompts: int, tokens: int) -> Suite:
     return replace(suite, prompts=ps)
 
 
-def search(store: Store, fraction: float, args: argparse.Namespace) -> list[EngineConfig]:
+def search(
+    store: Store, fraction: float, args: argparse.Namespace, disk: float
+) -> list[EngineConfig]:
     """Optuna over the knobs the simulator models, scored on a routing trace recorded once."""
     base = EngineConfig(expert_memory_fraction=fraction, io_mode="direct", prefetch="none")
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +113,6 @@ def search(store: Store, fraction: float, args: argparse.Namespace) -> list[Engi
     cache = int(m["cache_bytes"])
     # Compute per token: the measured decode time less the time it stalled on reads.
     compute_s = (1 - m["io_stall_fraction"]) / m["decode_tok_s"]
-    disk = expert_read_bandwidth(store)
     rates = Rates(compute_s_per_token=compute_s, disk_bytes_per_s=disk * 1e9)
 
     def objective(trial: optuna.Trial) -> float:
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run = (str(store.root), str(src))
     rows: dict[str, dict] = {}
+    disk = expert_read_bandwidth(store)  # GB/s: the simulator's rate and the disk bound
     rows["naive"] = _fresh("naive", *run, None, args.prompts, args.tokens)
     rows["defaults"] = _fresh("config", *run, budgeted.to_dict(), args.prompts, args.tokens)
     # The study's candidates: its baseline (the defaults, as every autoresearch study has) and
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     # winner would flatter it).
     measured = [(rows["defaults"], budgeted)] + [
         (_fresh("config", *run, c.to_dict(), args.prompts, args.tokens), c)
-        for c in search(store, fraction, args)
+        for c in search(store, fraction, args, disk)
     ]
     best_row, best_cfg = max(measured, key=lambda rc: rc[0].get("decode_tok_s", 0.0))
     again = _fresh("config", *run, best_cfg.to_dict(), args.prompts, args.tokens)
@@ -199,7 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuned_over_defaults: {tuned / rows['defaults']['decode_tok_s']:.2f}  (goal >= 2)")
     if rows["naive"].get("status", "ok") == "ok":
         print(f"tuned_over_naive: {tuned / rows['naive']['decode_tok_s']:.2f}  (goal >= 6)")
-    disk = expert_read_bandwidth(store)
     per_tok = rows["tuned"].get("bytes_read_per_token", 0) or 1
     print(
         f"bound_disk_roofline_tok_s: {disk * 1e9 / per_tok:.2f}  (disk {disk:.2f} GB/s random "

@@ -94,7 +94,7 @@ class _Chain:
         inds, scores = route(
             self.routing, self.gate.host(h), k, bool(getattr(self.moe, "norm_topk_prob", False))
         )
-        y = self.experts.host_experts(h, inds.reshape(-1), k, HOST.from_host(h))  # (T*k, D)
+        y = self.experts.host_experts(h, inds.reshape(-1), k)  # (T*k, D)
         return np.einsum("tkd,tk->td", y.reshape(h.shape[0], k, -1), scores.astype(np.float32))
 
 

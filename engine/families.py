@@ -18,9 +18,10 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
 
-from engine.cpu_linear import CpuLinear
+from engine.cpu_linear import HOST, CpuLinear
 from engine.errors import UnsupportedModel
 from engine.streaming import GLU_PROJECTIONS, MLP_PROJECTIONS, StreamingSwitchGLU
 
@@ -90,21 +91,40 @@ def _router(block: nn.Module, num_experts: int) -> nn.Module:
     raise UnsupportedModel(f"{type(block).__name__}: no router with {num_experts} outputs")
 
 
-def router_scores(block: nn.Module, x: mx.array) -> mx.array:
-    """Routing scores (T, E) of the block for hidden states x (T, D); next_layer prefetch takes
-    their top-k as a guess, so ranking matters, not scale (a guess never changes outputs)."""
-    experts = get_experts(block)
-    num_experts = experts_count(experts, block)
-    gate = _router(block, num_experts)
-    # A Linear router is called; deepseek's MoEGate has a bare (E, D) weight.
-    linear = isinstance(gate, nn.Linear | nn.QuantizedLinear | CpuLinear)
-    scores = gate(x) if linear else x @ gate["weight"].T
-    for holder in (gate, block.get("gate"), block.get("router")):
-        bias = holder.get("e_score_correction_bias") if isinstance(holder, nn.Module) else None
-        if isinstance(bias, mx.array):  # noaux_tc routing: sigmoid plus a per-expert bias
-            scores = mx.sigmoid(scores.astype(mx.float32)) + bias
-            break
-    return scores[..., :num_experts]  # only real experts can be fetched
+class BlockRouter:
+    """A MoE block's routing scores for hidden states x (T, D) -> (T, E) float32 numpy, found on
+    the block once. next_layer prefetch takes their top-k as a guess, so ranking matters, not
+    scale (a guess never changes outputs). On the CPU path the router is a CpuLinear and the
+    scores are computed on the host: a numpy x costs no MLX evaluation (a guess made through
+    MLX took ~0.7 ms a layer, during which the disk could run dry)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.num_experts = experts_count(get_experts(block), block)
+        self.gate = _router(block, self.num_experts)
+        # A Linear router is called; deepseek's MoEGate has a bare (E, D) weight.
+        self.linear = isinstance(self.gate, nn.Linear | nn.QuantizedLinear | CpuLinear)
+        self._bias_of: mx.array | None = None
+        for holder in (self.gate, block.get("gate"), block.get("router")):
+            bias = holder.get("e_score_correction_bias") if isinstance(holder, nn.Module) else None
+            if isinstance(bias, mx.array):  # noaux_tc routing: sigmoid plus a per-expert bias
+                self._bias_of = bias
+                break
+        self._bias: np.ndarray | None = None
+
+    def __call__(self, x: mx.array | np.ndarray) -> np.ndarray:
+        gate = self.gate
+        if isinstance(gate, CpuLinear):
+            xn = x if isinstance(x, np.ndarray) else HOST.to_host(x)
+            s = gate.host(np.ascontiguousarray(xn, np.float32).reshape(-1, xn.shape[-1]))
+        else:
+            xm = mx.array(x) if isinstance(x, np.ndarray) else x
+            out = gate(xm) if self.linear else xm @ gate["weight"].T
+            s = np.array(out.astype(mx.float32)).reshape(-1, out.shape[-1])
+        if self._bias_of is not None:
+            if self._bias is None:  # read once, after the weights are loaded
+                self._bias = np.array(self._bias_of.astype(mx.float32))
+            s = np.float32(1.0) / (np.float32(1.0) + np.exp(-s)) + self._bias
+        return s[:, : self.num_experts]  # only real experts can be fetched
 
 
 @dataclass(frozen=True)
@@ -117,7 +137,7 @@ class Family:
     num_experts_key: str = ""
     set_top_k: Callable[[nn.Module, int], None] = set_top_k
     get_top_k: Callable[[nn.Module], int] = get_top_k
-    router_scores: Callable[[nn.Module, mx.array], mx.array] = router_scores
+    router: Callable[[nn.Module], BlockRouter] = BlockRouter
 
     @property
     def mlx_projections(self) -> tuple[str, ...]:

@@ -125,11 +125,8 @@ def model_top_k(model: nn.Module, family: Family) -> int:
 
 
 def routers(model: nn.Module, family: Family) -> dict[int, Any]:
-    """MoE layer -> callable giving that layer's routing scores for hidden states x (T, D)."""
-    out = {}
-    for layer, _, block in moe_blocks(model):
-        out[layer] = lambda x, b=block: family.router_scores(b, x)
-    return out
+    """MoE layer -> its routing scores for hidden states x (T, D): (T, E) numpy."""
+    return {layer: family.router(block) for layer, _, block in moe_blocks(model)}
 
 
 def family_of(store: Store) -> Family:

@@ -15,13 +15,15 @@ import mlx.core as mx
 import numpy as np
 
 Key = tuple[int, int]  # (layer, expert)
-Router = Callable[[mx.array], mx.array]  # x (T, D) -> routing scores (T, E); higher = chosen
+Hidden = mx.array | np.ndarray  # a layer's input rows (T, D)
+# x (T, D), numpy on the CPU path -> routing scores (T, E) float32 numpy; higher = chosen
+Router = Callable[[Hidden], np.ndarray]
 
 
-def rank_experts(router: Router, x: mx.array) -> list[int]:
+def rank_experts(router: Router, x: Hidden) -> list[int]:
     """Experts by descending router score for the newest token (last row of x); stable ties,
     so the trace simulator ranks exactly the same way."""
-    s = np.array(router(x[-1:]).astype(mx.float32))[0]
+    s = router(x)[-1]
     return [int(e) for e in np.argsort(-s, kind="stable")]
 
 
@@ -90,7 +92,7 @@ class Prefetcher:
                 self.stats.wasted += 1
         return handed
 
-    def after_fetch(self, layer: int, x: mx.array) -> None:
+    def after_fetch(self, layer: int, x: Hidden) -> None:
         """Predict and start reads for the next `depth` MoE layers, given layer's input x (T, D)."""
         if not self.active:
             return
@@ -111,16 +113,15 @@ class Prefetcher:
                 self._staged[key] = self.submit(target, e)
                 self.stats.issued += 1
 
-    def _predict(self, target: int, x: mx.array) -> list[int]:
+    def _predict(self, target: int, x: Hidden) -> list[int]:
         if self.mode == "previous_token":
             # The previous token's best experts at `target` (target has not run yet this token).
             return self._last_used.get(target, [])
         # The newest token only: a prompt's union of guesses would stage up to every expert
         # of the layer at once, more than a memory budget reserves (depth x width experts).
-        scores = self.routers[target](x[-1:])  # (1, E)
-        w = min(self.width, scores.shape[-1])
-        top = np.array(mx.argpartition(-scores, kth=w - 1, axis=-1)[..., :w])
-        return sorted({int(e) for e in top.reshape(-1)})
+        scores = self.routers[target](x)[-1]  # (E,)
+        w = min(self.width, scores.size)
+        return sorted(int(e) for e in np.argpartition(-scores, w - 1)[:w])
 
     def drain(self) -> None:
         """Drop every staged read (end of a run); waits for none of them."""

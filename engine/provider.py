@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.arena import ExpertArena
 from engine.cache import ExpertCache
-from engine.prefetch import Prefetcher
+from engine.prefetch import Hidden, Prefetcher
 from engine.reader import ExpertReader
 from engine.store import Store
 from engine.streaming import Weights, prepare_weights
@@ -64,7 +64,7 @@ class ExpertProvider:
         self,
         layer: int,
         experts: list[int],
-        x: mx.array,
+        x: Hidden,
         out: list[Any],
         layer_experts: list[int] | None,
     ) -> list[tuple[int, int, Future]]:
@@ -96,7 +96,7 @@ class ExpertProvider:
         return pending
 
     def fetch_slots(
-        self, layer: int, experts: list[int], x: mx.array, layer_experts: list[int] | None = None
+        self, layer: int, experts: list[int], x: Hidden, layer_experts: list[int] | None = None
     ) -> np.ndarray:
         """CPU path: the arena slot of each expert (hits are the cache's own slots; misses are
         loaded into free slots and offered to the cache by `release` once computed). A layer

@@ -148,17 +148,15 @@ class StreamingSwitchGLU(nn.Module):
         k = indices.shape[-1]
         flat_idx = HOST.to_host(indices, None).reshape(-1).astype(np.int64)  # routing before reads
         xn = HOST.to_host(x).reshape(-1, d)  # (T, D)
-        y = self.host_experts(xn, flat_idx, k, x.reshape(-1, d))
+        y = self.host_experts(xn, flat_idx, k)
         return HOST.from_host(y.reshape(*lead, k, d)).astype(x.dtype)
 
-    def host_experts(
-        self, xn: np.ndarray, flat_idx: np.ndarray, k: int, x_mx: mx.array
-    ) -> np.ndarray:
+    def host_experts(self, xn: np.ndarray, flat_idx: np.ndarray, k: int) -> np.ndarray:
         """CPU kernels, numpy in and out: xn (T, D) float32, flat_idx (T*k,) expert ids ->
         (T*k, D), row p the output of expert flat_idx[p] on token p // k. Pairs are grouped by
         expert, a group of at most `work_slots` experts computed by one multi-threaded kernel
         call; a prompt's tokens routed to one expert go through it together (prefill), in
-        bounded memory. x_mx: the same rows as MLX (for prefetch guesses and traces)."""
+        bounded memory. xn also makes the prefetch guesses and traces (on the host)."""
         d = xn.shape[1]
         order = np.argsort(flat_idx, kind="stable")
         uniq, starts = np.unique(flat_idx[order], return_index=True)
@@ -170,7 +168,7 @@ class StreamingSwitchGLU(nn.Module):
             g1 = min(g0 + w, uniq.size)
             group = uniq[g0:g1].tolist()
             slots = self._provider.fetch_slots(
-                self._layer, group, x_mx, uniq.tolist() if g0 == 0 else None
+                self._layer, group, xn, uniq.tolist() if g0 == 0 else None
             )
             p0, p1 = ptr[g0], ptr[g1]
             K.expert_ffn(

@@ -22,14 +22,15 @@ from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
 from engine.checkpoint import open_checkpoint
 from engine.cli.families import render, stacked_expert_types, statuses
 from engine.config import EngineConfig
+from engine.cpu_linear import use_cpu_linears
 from engine.errors import CheckpointError, UnsupportedModel
 from engine.families import (
+    BlockRouter,
     build_skeleton,
     expert_attr,
     get_experts,
     get_top_k,
     moe_blocks,
-    router_scores,
     set_top_k,
 )
 from engine.generate import Generation, generate
@@ -131,7 +132,7 @@ class _Record(nn.Module):
 # longcat_flash hands its "zero" (identity) experts to the expert module as expert 0.
 @pytest.mark.parametrize("family", [f for f in SYNTH_FAMILIES if f != "longcat_flash"])
 def test_router_scores_pick_the_experts_mlx_lm_routes_to(family: str) -> None:
-    """next_layer prefetch guesses with `router_scores`, found generically on each family's
+    """next_layer prefetch guesses with `BlockRouter`, found generically on each family's
     block: on the hidden state the block really sees, its top-k is mlx-lm's own choice."""
     model, _ = build_model(family)
     _, _, block = moe_blocks(model)[-1]
@@ -143,9 +144,14 @@ def test_router_scores_pick_the_experts_mlx_lm_routes_to(family: str) -> None:
     setattr(block, attr, inner)
     x, indices = sink[0]
     k = indices.shape[-1]
-    scores = np.array(router_scores(block, x.reshape(-1, x.shape[-1])).astype(mx.float32))
-    guess = np.sort(np.argsort(-scores, axis=-1)[:, :k], axis=-1)
-    assert np.array_equal(guess, np.sort(np.array(indices).reshape(-1, k), axis=-1))
+    want = np.sort(np.array(indices).reshape(-1, k), axis=-1)
+    rows = x.reshape(-1, x.shape[-1])
+    scores = BlockRouter(block)(rows)
+    assert np.array_equal(np.sort(np.argsort(-scores, axis=-1)[:, :k], axis=-1), want)
+    # On the CPU path the router is a CpuLinear and guesses are made on the host, from numpy.
+    use_cpu_linears(block)
+    scores = BlockRouter(block)(np.array(rows.astype(mx.float32)))
+    assert np.array_equal(np.sort(np.argsort(-scores, axis=-1)[:, :k], axis=-1), want)
 
 
 @pytest.mark.parametrize("family", ["gpt_oss", "qwen3_5_moe"])

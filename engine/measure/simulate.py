@@ -14,14 +14,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 
 from engine.cache import ExpertCache
 from engine.config import EngineConfig
 from engine.errors import ConfigError
 from engine.measure.trace import DECODE, RANK_DEPTH, RANK_WIDTH, Trace
-from engine.prefetch import Prefetcher, PrefetchStats, Router
+from engine.prefetch import Hidden, Prefetcher, PrefetchStats, Router
 
 
 @dataclass
@@ -107,7 +106,7 @@ def simulate(
                 demand += int(decode and e not in staged)
         if prefetcher is not None:
             issued = st.issued
-            prefetcher.after_fetch(layer, mx.array([[i]]))  # the "hidden state" is the row
+            prefetcher.after_fetch(layer, np.array([[i]]))  # the "hidden state" is the row
             pref += (st.issued - issued) if decode else 0
         for e in misses:
             cache.put((layer, e), True, entry_bytes)
@@ -144,13 +143,13 @@ def _replay_prefetcher(
     pos = {layer: p for p, layer in enumerate(moe_layers)}
 
     def router(target: int) -> Router:
-        def scores(x: mx.array) -> mx.array:
+        def scores(x: Hidden) -> np.ndarray:
             i = int(x[0, 0].item())
             ranked = trace.rank[i, pos[target] - pos[int(trace.layer[i])]]
             ranked = ranked[ranked >= 0]
             s = np.full((1, num_experts), -1.0, np.float32)
             s[0, ranked] = np.arange(len(ranked), 0, -1, dtype=np.float32)
-            return mx.array(s)
+            return s
 
         return scores
 

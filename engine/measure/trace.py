@@ -8,17 +8,15 @@ simulation — the ranking that this layer's and the next layers' routers give t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 
 from engine import contract
 from engine.errors import ProbeError
-from engine.prefetch import rank_experts
+from engine.prefetch import Hidden, Router, rank_experts
 
 PREFILL, DECODE = 0, 1
 RANK_DEPTH = contract.TRACE_RANK_DEPTH  # next layers whose router rankings are recorded
@@ -82,7 +80,7 @@ class Tracer:
     """Attached to the provider; the probe tells it which prompt and step is running."""
 
     moe_layers: tuple[int, ...]
-    routers: dict[int, Callable[[mx.array], mx.array]]
+    routers: dict[int, Router]
     meta: dict[str, Any]
     prompt: int = 0
     step: int = 0
@@ -91,13 +89,13 @@ class Tracer:
     _scores: list[np.ndarray] = field(default_factory=list)
     _ranks: list[np.ndarray] = field(default_factory=list)
 
-    def on_fetch(self, layer: int, experts: list[int], x: mx.array) -> None:
+    def on_fetch(self, layer: int, experts: list[int], x: Hidden) -> None:
         phase = PREFILL if self.step == 0 else DECODE
         self._rows.append((layer, self.prompt, phase, self.step))
         exp = np.asarray(experts, dtype=np.int32)
         self._experts.append(exp)
         if phase == DECODE:
-            s = np.array(self.routers[layer](x[-1:]).astype(mx.float32))[0]
+            s = self.routers[layer](x)[-1]
             self._scores.append(s[exp].astype(np.float32))
         else:
             self._scores.append(np.full(exp.size, np.nan, dtype=np.float32))

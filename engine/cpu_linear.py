@@ -107,7 +107,8 @@ class CpuLinear(_Dims, nn.Module):
     def host(self, xn: np.ndarray) -> np.ndarray:
         """(T, In) float32 numpy -> (T, Out) float32 numpy, no MLX involved."""
         out = np.empty((xn.shape[0], self._out), np.float32)
-        K.linear(self._buf, self._m, xn, out)
+        fn = K.linear_serial if self._buf.nbytes * xn.shape[0] < K.SERIAL_BYTES else K.linear
+        fn(self._buf, self._m, xn, out)
         if self._bias is not None:
             out += self._bias
         return out

@@ -302,6 +302,9 @@ def _q8_pass(w, xa, o, n, p):  # type: ignore[no-untyped-def]
 
 
 ROW_BLOCK = 64  # rows per work item of `linear`: enough work to amortize a thread hand-off
+# Below this many weight bytes x tokens, `linear` runs on the calling thread: waking a worker
+# costs 50-250 us with compute_wait = "sleep" (a router's 256 KB takes ~15 us on one core).
+SERIAL_BYTES = 1 << 20
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True, parallel=True)
@@ -315,6 +318,16 @@ def linear(buf: np.ndarray, m: np.ndarray, x: np.ndarray, out: np.ndarray) -> No
         r0 = (item % blocks) * ROW_BLOCK
         r1 = min(r0 + ROW_BLOCK, o_dim)
         _rows(buf, m, x[t], r0, r1, out[t, r0:r1])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+def linear_serial(buf: np.ndarray, m: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """`linear` on the calling thread, for matrices too small to hand out (SERIAL_BYTES)."""
+    o_dim = m[M_O]
+    for t in range(x.shape[0]):
+        for r0 in range(0, o_dim, ROW_BLOCK):
+            r1 = min(r0 + ROW_BLOCK, o_dim)
+            _rows(buf, m, x[t], r0, r1, out[t, r0:r1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
@@ -384,5 +397,6 @@ def warm_up() -> None:
     repack_quantized(w, scales, scales, 4, FMT_Q4, 4, 64, 64, int(table[0, M_F]), buf[0])
     x = np.zeros((1, 64), np.float32)
     linear(buf[0], table[0], x, np.zeros((1, 4), np.float32))
+    linear_serial(buf[0], table[0], x, np.zeros((1, 4), np.float32))
     one = np.zeros(1, np.int64)
     expert_ffn(buf, one, table, x, one, np.array([0, 1]), np.zeros((1, 64), np.float32))

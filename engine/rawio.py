@@ -15,7 +15,7 @@ __all__ = ["ALIGN", "aligned_empty", "pread_full"]
 def aligned_empty(nbytes: int) -> np.ndarray:
     """A uint8 buffer of nbytes whose address is a multiple of ALIGN (what O_DIRECT needs)."""
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    skip = -raw.ctypes.data % ALIGN
+    skip = -raw.__array_interface__["data"][0] % ALIGN  # .ctypes.data costs ~8 us a call
     return raw[skip : skip + nbytes]
 
 

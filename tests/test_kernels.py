@@ -54,6 +54,18 @@ def test_quantized_linear_equals_mlx_quantized_matmul(o: int, i: int, bits: int,
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * float(np.abs(ref).max()))
 
 
+@pytest.mark.parametrize(("bits", "gs"), [(4, 64), (8, 64), (2, 32)])
+def test_serial_linear_is_bit_equal_to_the_threaded_one(bits: int, gs: int) -> None:
+    # Small matrices run on the caller's thread (K.SERIAL_BYTES); each row's arithmetic is the
+    # same either way, so the choice can never change an output.
+    _, buf, table = _packed(200, 256, bits, gs, seed=4)
+    x = np.random.default_rng(2).standard_normal((3, 256)).astype(np.float32)
+    a, b = np.empty((3, 200), np.float32), np.empty((3, 200), np.float32)
+    K.linear(buf, table[0], x, a)
+    K.linear_serial(buf, table[0], x, b)
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32])
 def test_cpu_linear_equals_mlx_linear(dtype: mx.Dtype) -> None:
     layer = nn.Linear(192, 72, bias=True)

@@ -1,19 +1,21 @@
 """Host-chained decoder layers: one host sync per layer on the CPU compute path.
 
 With every projection on the CPU kernels (engine.cpu_linear), a plain mlx-lm decoder layer
-crosses between MLX and numpy four times (q/k/v, o_proj, router, experts), each crossing an
-MLX evaluation. For families whose layer is the plain pre-norm form
+crosses between MLX and numpy four or more times (q/k/v, o_proj, router, experts, a shared
+expert's down projection), each crossing an MLX evaluation. For families whose layer is the
+plain pre-norm form
 
-    h = x + attn(rms_norm(x));  out = h + moe(rms_norm(h))
+    h = x + attn(rms_norm(x));  out = h + ffn(rms_norm(h))
 
-with a softmax top-k router, the layer runs here instead: MLX computes only the attention core
-(mlx-lm's own module: q/k/v norms, RoPE, KV cache, SDPA) and everything from o_proj to the next
-layer's q/k/v stays in numpy (norms, residuals, router, experts, weighted sum). The one sync is
-o_proj reading the attention output. Other families, or layers that do not match (a dense MLP
-layer, a shared expert), keep mlx-lm's own __call__.
+the layer runs here instead: MLX computes only the attention core (mlx-lm's own module: q/k/v
+norms, RoPE, KV cache, SDPA) and everything from o_proj to the next layer's q/k/v stays in
+numpy (norms, residuals, and the feed-forward block: engine.host_moe). The one sync is o_proj
+reading the attention output. Inside the attention, an RMSNorm between two projections (MLA's
+q_a_layernorm) also runs on the host, so DeepSeek-V3's attention has that one sync too.
+Layers of other classes, or whose parts are not all on the CPU kernels, keep mlx-lm's call.
 
-The math mirrors mlx-lm's modules named in CHAINED (checked by tests/test_cpu_chain.py against
-the unchained layer); floats differ from MLX's only by summation order.
+The math mirrors mlx-lm's modules named in CHAINED and engine.host_moe.BLOCKS (checked by
+tests/test_cpu_chain.py against the unchained layer); floats differ only by summation order.
 """
 
 from __future__ import annotations
@@ -24,23 +26,17 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from engine.cpu_linear import HOST, CpuLinear, SiblingLinear
-from engine.streaming import StreamingSwitchGLU
+from engine.cpu_linear import HOST, CpuLinear
+from engine.host_moe import HostFn, host_block
 
-# decoder layer class -> (MoE block attribute, its class, routing): the layers whose __call__
-# is the plain pre-norm form above, in mlx-lm's modules of these names.
-CHAINED: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("mlx_lm.models.qwen3_moe", "Qwen3MoeDecoderLayer"): (
-        "mlp",
-        "Qwen3MoeSparseMoeBlock",
-        "softmax_topk",
-    ),
-    ("mlx_lm.models.olmoe", "TransformerBlock"): ("mlp", "OlmoeSparseMoeBlock", "softmax_topk"),
-    ("mlx_lm.models.mixtral", "MixtralDecoderLayer"): (
-        "block_sparse_moe",
-        "MixtralSparseMoeBlock",
-        "topk_softmax",
-    ),
+# decoder layer class -> the attribute of its feed-forward block, in mlx-lm's modules of these
+# names: the layers whose __call__ is the plain pre-norm form above.
+CHAINED: dict[tuple[str, str], str] = {
+    ("mlx_lm.models.qwen3_moe", "Qwen3MoeDecoderLayer"): "mlp",
+    ("mlx_lm.models.olmoe", "TransformerBlock"): "mlp",
+    ("mlx_lm.models.mixtral", "MixtralDecoderLayer"): "block_sparse_moe",
+    ("mlx_lm.models.qwen2_moe", "Qwen2MoeDecoderLayer"): "mlp",
+    ("mlx_lm.models.deepseek_v3", "DeepseekV3DecoderLayer"): "mlp",
 }
 
 
@@ -50,52 +46,16 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def route(kind: str, logits: np.ndarray, k: int, norm_topk: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Router logits (T, E) -> (expert ids (T, k), their weights (T, k)) as the family does it:
-    softmax_topk: softmax over all experts, top k, renormalized if the model says so (qwen3_moe,
-    olmoe); topk_softmax: top k logits, softmax over those (mixtral)."""
-    if kind == "softmax_topk":
-        probs = _softmax(logits)
-        inds = np.argpartition(-probs, k - 1, axis=-1)[:, :k]
-        scores = np.take_along_axis(probs, inds, axis=-1)
-        if norm_topk:
-            scores = scores / scores.sum(axis=-1, keepdims=True)
-        return inds, scores
-    inds = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
-    return inds, _softmax(np.take_along_axis(logits, inds, axis=-1))
+def _norm_of(n: nn.Module) -> tuple[np.ndarray, float]:
+    return np.array(n.weight.astype(mx.float32)), float(n.eps)
 
 
 class _Chain:
     """What a chained layer computes with, taken from its mlx-lm modules once."""
 
-    def __init__(self, layer: nn.Module, moe_attr: str, routing: str) -> None:
-        self.moe = layer[moe_attr]
-        self.routing = routing
-        self.gate: CpuLinear = self.moe["gate"]
-        self.experts: StreamingSwitchGLU = self.moe["switch_mlp"]
-        self.norms = []
-        for name in ("input_layernorm", "post_attention_layernorm"):
-            n = layer[name]
-            self.norms.append((np.array(n.weight.astype(mx.float32)), float(n.eps)))
-
-    def top_k(self) -> int:  # read at each call: experts_per_token may change it after load
-        moe = self.moe
-        k = getattr(moe, "top_k", None)
-        return int(k if k is not None else moe.num_experts_per_tok)
-
-    def moe_host(self, h: np.ndarray) -> np.ndarray:
-        """(T, D) normed hidden -> (T, D) weighted sum of its experts' outputs."""
-        k = self.top_k()
-        inds, scores = route(
-            self.routing, self.gate.host(h), k, bool(getattr(self.moe, "norm_topk_prob", False))
-        )
-        y = self.experts.host_experts(h, inds.reshape(-1), k)  # (T*k, D)
-        return np.einsum("tkd,tk->td", y.reshape(h.shape[0], k, -1), scores.astype(np.float32))
+    def __init__(self, layer: nn.Module, ffn: HostFn) -> None:
+        self.ffn = ffn
+        self.norms = [_norm_of(layer[n]) for n in ("input_layernorm", "post_attention_layernorm")]
 
 
 def _chained_call(self: nn.Module, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
@@ -106,40 +66,47 @@ def _chained_call(self: nn.Module, x: mx.array, mask: Any = None, cache: Any = N
     a = HOST.from_host(rms_norm(xn, w_in, eps_in).reshape(b, seq, d))
     r = self.self_attn(a, mask, cache)  # mlx-lm's attention; its o_proj is the layer's sync
     h = xn + HOST.to_host(r).reshape(-1, d)
-    out = h + ch.moe_host(rms_norm(h, w_post, eps_post))
+    out = h + ch.ffn(rms_norm(h, w_post, eps_post))
     return HOST.from_host(out.reshape(b, seq, d))
 
 
-_SUBCLASSES: dict[type, type] = {}
+def _host_norm_call(self: nn.Module, x: mx.array) -> mx.array:
+    """RMSNorm on the host when x is a host result (a projection's output), else MLX's own."""
+    xn = HOST.known(x)
+    if xn is None:
+        return nn.RMSNorm.__call__(self, x)
+    w, eps = self._host_norm
+    d = xn.shape[-1]
+    return HOST.from_host(rms_norm(xn.reshape(-1, d), w, eps).reshape(xn.shape))
 
 
-def _chained_class(cls: type) -> type:
-    if cls not in _SUBCLASSES:
-        _SUBCLASSES[cls] = type(f"Chained{cls.__name__}", (cls,), {"__call__": _chained_call})
-    return _SUBCLASSES[cls]
+_SUBCLASSES: dict[tuple[type, str], type] = {}
 
 
-def _chainable(layer: nn.Module) -> tuple[str, str] | None:
-    """(MoE attribute, routing) when this layer's math is what _chained_call computes."""
-    spec = CHAINED.get((type(layer).__module__, type(layer).__name__))
-    if spec is None:
+def _subclass(cls: type, call: Any, tag: str) -> type:
+    key = (cls, tag)
+    if key not in _SUBCLASSES:
+        _SUBCLASSES[key] = type(f"{tag}{cls.__name__}", (cls,), {"__call__": call})
+    return _SUBCLASSES[key]
+
+
+def _chainable(layer: nn.Module) -> HostFn | None:
+    """The layer's host feed-forward when its math is what _chained_call computes."""
+    attr = CHAINED.get((type(layer).__module__, type(layer).__name__))
+    if attr is None:
         return None
-    moe_attr, moe_cls, routing = spec
-    moe = layer.get(moe_attr)
-    attn = layer.get("self_attn")
-    if moe is None or type(moe).__name__ != moe_cls or not isinstance(attn, nn.Module):
-        return None  # e.g. qwen3_moe's dense (mlp_only) layers keep mlx-lm's call
-    experts = moe.get("switch_mlp")
+    attn, ffn = layer.get("self_attn"), layer.get(attr)
     norms = [layer.get(n) for n in ("input_layernorm", "post_attention_layernorm")]
-    ok = (
-        isinstance(moe.get("gate"), CpuLinear)
-        and isinstance(experts, StreamingSwitchGLU)
-        and experts._arena is not None
-        and isinstance(attn.get("o_proj"), CpuLinear)
-        and all(type(n) is nn.RMSNorm for n in norms)
-        and all(isinstance(attn.get(p), CpuLinear | SiblingLinear) for p in ("q_proj", "k_proj"))
-    )
-    return (moe_attr, routing) if ok else None
+    if not (isinstance(attn, nn.Module) and isinstance(ffn, nn.Module)):
+        return None
+    if not isinstance(attn.get("o_proj"), CpuLinear) or any(
+        type(n) is not nn.RMSNorm for n in norms
+    ):
+        return None
+    # Every projection of the attention on the CPU kernels: its input is a host array, free.
+    if any(isinstance(m, nn.Linear | nn.QuantizedLinear) for _, m in attn.named_modules()):
+        return None
+    return host_block(ffn)
 
 
 def chain_layers(model: nn.Module) -> int:
@@ -147,9 +114,15 @@ def chain_layers(model: nn.Module) -> int:
     (in place, after its experts are bound to the CPU kernels). Returns how many were chained."""
     n = 0
     for _, layer in model.named_modules():
-        spec = _chainable(layer)
-        if spec is not None:
-            layer._chain = _Chain(layer, *spec)
-            layer.__class__ = _chained_class(type(layer))
-            n += 1
+        ffn = _chainable(layer)
+        if ffn is None:
+            continue
+        layer._chain = _Chain(layer, ffn)
+        layer.__class__ = _subclass(type(layer), _chained_call, "Chained")
+        for _, m in layer["self_attn"].named_modules():
+            if type(m) is nn.RMSNorm:  # e.g. MLA's q_a_layernorm, between two projections
+                # object.__setattr__: nn.Module would file a tuple among its parameters
+                object.__setattr__(m, "_host_norm", _norm_of(m))
+                m.__class__ = _subclass(nn.RMSNorm, _host_norm_call, "Host")
+        n += 1
     return n

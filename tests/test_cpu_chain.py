@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 
 import mlx.core as mx
@@ -12,8 +13,8 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 
 from engine.config import EngineConfig
-from engine.cpu_chain import route
 from engine.cpu_linear import HOST, CpuLinear, HostBridge, SiblingLinear, use_cpu_linears
+from engine.host_moe import group_select, route
 from engine.runtime import Engine
 from engine.store import Store
 
@@ -90,8 +91,13 @@ def _engine(store: Store, **knobs: object) -> Engine:
     return Engine(store, EngineConfig(cache_bytes=1 << 30, compute_path="cpu", **knobs))
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+CHAINED_FAMILIES = ["qwen3_moe", "mixtral", "olmoe", "qwen2_moe", "deepseek_v3"]
+
+
+@pytest.mark.parametrize("family", CHAINED_FAMILIES)
 def test_chained_layer_equals_mlx_lm_layer(packed_store: Callable[..., Store], family: str) -> None:
+    # qwen2_moe: a sigmoid-gated shared expert; deepseek_v3: MLA attention (its q_a_layernorm
+    # on the host), sigmoid + bias routing, shared experts, a first dense layer.
     with _engine(packed_store(family, bits=4)) as eng:
         layers = eng.model.model.layers
         assert eng.chained_layers == len(layers)
@@ -102,7 +108,8 @@ def test_chained_layer_equals_mlx_lm_layer(packed_store: Callable[..., Store], f
             caches = KVCache(), KVCache()
             for step, t in enumerate((5, 1)):  # a prompt, then one decode step
                 x = mx.random.normal((1, t, d), key=mx.random.key(10 + step))
-                mask = create_attention_mask(x, caches[0])
+                # deepseek_v3's model hands its MLA an array mask, the others a "causal" tag
+                mask = create_attention_mask(x, caches[0], return_array=family == "deepseek_v3")
                 want = np.array(plain(layer, x, mask, caches[0]))
                 got = np.array(layer(x, mask, caches[1]))
                 np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
@@ -117,7 +124,7 @@ def _syncs_per_decode_step(eng: Engine) -> float:
     return (counts[1] - counts[0]) / 4
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("family", CHAINED_FAMILIES)
 def test_one_host_sync_per_layer(packed_store: Callable[..., Store], family: str) -> None:
     with _engine(packed_store(family, bits=4)) as eng:
         n_layers = len(eng.model.model.layers)
@@ -136,10 +143,31 @@ def test_chained_layers_read_experts_per_token(packed_store: Callable[..., Store
         assert asked[1] - asked[0] == 4 * 1 * eng.chained_layers  # 4 decode steps, k = 1
 
 
-def test_unchained_layers_keep_their_syncs_bounded(packed_store: Callable[..., Store]) -> None:
-    with _engine(packed_store("qwen2_moe", bits=4)) as eng:
-        assert eng.chained_layers == 0  # a shared expert: mlx-lm's layer, fused q/k/v only
-        n_layers = len(eng.model.model.layers)
-        # q/k/v (one call, fused), o_proj, router, experts, shared expert's down (its gate/up
-        # and gate read the router's input, already on the host)
-        assert _syncs_per_decode_step(eng) <= 5 * n_layers + 2
+def test_unchained_layers_keep_mlx_lms_call(packed_store: Callable[..., Store]) -> None:
+    # An unknown feed-forward block: the layer keeps mlx-lm's call (and its syncs), and the
+    # engine still answers as mlx-lm does.
+    with _engine(packed_store("qwen2_moe", bits=4)) as eng, pytest.MonkeyPatch.context() as mp:
+        mp.setattr("engine.host_moe.BLOCKS", {})
+        from engine.cpu_chain import chain_layers
+
+        assert chain_layers(eng.model) == 0
+
+
+@pytest.mark.parametrize("n_group", [1, 4])
+def test_group_select_equals_mlx_lms(n_group: int) -> None:
+    from mlx_lm.models.deepseek_v3 import group_expert_select
+
+    rng = np.random.default_rng(n_group)
+    logits = rng.standard_normal((5, 32)).astype(np.float32)
+    bias = (rng.standard_normal(32) * 0.1).astype(np.float32)
+    gate = types.SimpleNamespace(
+        top_k=4, n_group=n_group, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True
+    )
+    inds, w = group_select(logits, bias, gate)
+    ref_i, ref_w = group_expert_select(mx.array(logits), mx.array(bias), 4, n_group, 2, 2.5, True)
+    ref_i, ref_w = np.array(ref_i), np.array(ref_w)
+    for t in range(5):  # the same experts with the same weights, in any order
+        got = dict(zip(inds[t].tolist(), w[t].tolist(), strict=True))
+        want = dict(zip(ref_i[t].tolist(), ref_w[t].tolist(), strict=True))
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[e] for e in want], list(want.values()), rtol=1e-6)

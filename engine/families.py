@@ -113,9 +113,14 @@ class BlockRouter:
 
     def __call__(self, x: mx.array | np.ndarray) -> np.ndarray:
         gate = self.gate
+        weight = None if self.linear else gate["weight"]
         if isinstance(gate, CpuLinear):
             xn = x if isinstance(x, np.ndarray) else HOST.to_host(x)
             s = gate.host(np.ascontiguousarray(xn, np.float32).reshape(-1, xn.shape[-1]))
+        elif isinstance(x, np.ndarray) and weight is not None and weight.dtype == mx.float32:
+            # a bare float32 router weight (deepseek's MoEGate after the CPU path's cast): a
+            # view of MLX's buffer, multiplied by numpy's BLAS (MLX's CPU matmul is ~5x slower)
+            s = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False) @ np.asarray(weight).T
         else:
             xm = mx.array(x) if isinstance(x, np.ndarray) else x
             out = gate(xm) if self.linear else xm @ gate["weight"].T

@@ -25,14 +25,21 @@ def skip_duplicate(study: optuna.Study, trial: optuna.Trial, twin: int, display:
     return "duplicate"
 
 
+def _storable(value: Any) -> bool:
+    """A finite scalar, or a dict of finite numbers (e.g. ttft_by_prompt_tokens)."""
+    if isinstance(value, dict):
+        return all(isinstance(v, int | float) and math.isfinite(v) for v in value.values())
+    return isinstance(value, int | float | str | bool) and not (
+        isinstance(value, float) and not math.isfinite(value)
+    )
+
+
 def store_metrics(study: optuna.Study, trial: optuna.Trial, result: ProbeResult) -> None:
     m = result.metrics
     for key, value in m.items():
         if key in ("config", "machine", "spread", "samples"):
             continue
-        if isinstance(value, int | float | str | bool) and not (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
+        if _storable(value):
             trial.set_user_attr(key, value)
     trial.set_user_attr("spread", m.get("spread", {}))
     trial.set_user_attr("samples", m.get("samples", {}))

@@ -61,10 +61,10 @@ def group_select(logits: np.ndarray, bias: np.ndarray, gate: Any) -> tuple[np.nd
     orig = _sigmoid(logits.astype(np.float32))
     scores = orig + bias
     t, n_group = scores.shape[0], int(gate.n_group)
-    if n_group > 1:
+    drop = n_group - int(gate.topk_group)  # groups zeroed out
+    if n_group > 1 and drop > 0:
         grouped = scores.reshape(t, n_group, -1).copy()
         best2 = np.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)  # (T, n_group)
-        drop = n_group - int(gate.topk_group)
         low = np.argpartition(best2, drop - 1, axis=-1)[:, :drop]
         grouped[np.arange(t)[:, None], low, :] = 0.0  # put_along_axis(..., 0.0)
         scores = grouped.reshape(t, -1)

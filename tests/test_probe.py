@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine import pagecache
@@ -55,6 +56,13 @@ def test_probe_json_has_every_metric_with_sane_values(
     assert out["decode_tok_s"] > 0 and out["ttft_s"] > 0
     assert out["cold"] is True and out["repeats"] == 2
     suite = _suite(store)
+    # TTFT per prompt length: every length of the suite, each the median over repeats
+    lengths = {len(p.ids) for p in suite.prompts}
+    by_len = out["ttft_by_prompt_tokens"]
+    assert set(by_len) == {str(n) for n in lengths} and all(v > 0 for v in by_len.values())
+    per_sample = out["samples"]["ttft_by_prompt_tokens"]
+    for n, v in by_len.items():
+        assert v == pytest.approx(float(np.median([s[n] for s in per_sample])))
     assert out["tokens"] == suite.decode_total
     assert out["warmup_tokens_excluded"] == suite.warmup_tokens * len(suite.prompts)
     assert len(out["samples"]["decode_tok_s"]) == 2 and "decode_tok_s" in out["spread"]
@@ -67,6 +75,7 @@ def test_probe_text_summary(
     assert main(["probe", str(packed_store("qwen3_moe").root), "--no-quality"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("decode_tok_s: ") for line in lines)
+    assert any(line.startswith("ttft_by_prompt_tokens: ") for line in lines)
     assert "kl_mean: n/a" in lines
 
 

@@ -67,6 +67,9 @@ def _print_summary(out: dict[str, Any]) -> None:
         spread = out.get("spread", {}).get(key)
         extra = f" (± {_fmt(key, spread)})" if spread else ""
         print(f"{key}: {_fmt(key, out.get(key))}{extra}")
+    by_len = out.get("ttft_by_prompt_tokens") or {}
+    if by_len:  # TTFT grows with the prompt: say it per length
+        print("ttft_by_prompt_tokens: " + ", ".join(f"{n}: {v:.4g}" for n, v in by_len.items()))
     for key in (
         "tokens",
         "decode_tokens_measured",

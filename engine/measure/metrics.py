@@ -2,7 +2,7 @@
 and the trace simulator share (their names and directions: engine/contract.py).
 
 - `ttft_s`: time to first token, the prompt's forward pass plus the first sample; over a suite,
-  the median over prompts.
+  the median over prompts. `ttft_by_prompt_tokens`: the same median per prompt length.
 - `decode_tok_s`: sustained decode speed: each prompt's first `warmup` decode steps are excluded
   (caches and prefetch warm up there), then measured steps / their summed time. None when no
   step is left: nothing was measured, and 0 would rank worst where a latency of 0 ranks best.
@@ -63,6 +63,14 @@ class Phase:
         return self.correct / self.used if self.used else 0.0
 
 
+def ttft_by_length(gens: Sequence[Generation]) -> dict[str, float]:
+    """Median ttft_s of the prompts of each length, keyed by the length (a JSON key)."""
+    by: dict[int, list[float]] = {}
+    for g in gens:
+        by.setdefault(len(g.prompt), []).append(g.ttft_s)
+    return {str(n): float(np.median(v)) for n, v in sorted(by.items())}
+
+
 def timing(gens: Sequence[Generation], warmup: int) -> dict[str, Any]:
     """ttft_s, prefill_tok_s, decode_tok_s and latencies of one or more generations (prompts),
     with the counts behind them."""
@@ -79,6 +87,7 @@ def timing(gens: Sequence[Generation], warmup: int) -> dict[str, Any]:
     decode_s = float(np.sum(lat)) if lat else 0.0
     return {
         "ttft_s": float(np.median([g.ttft_s for g in gens])),
+        "ttft_by_prompt_tokens": ttft_by_length(gens),
         "prefill_tok_s": prompt_tokens / prefill_s if prefill_s > 0 else 0.0,
         "decode_tok_s": len(lat) / decode_s if lat and decode_s > 0 else None,
         "latency_p50_s": float(np.percentile(lat, 50)) if lat else None,

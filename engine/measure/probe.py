@@ -118,6 +118,7 @@ def measure_once(
     t = timing(gens, suite.warmup_tokens)
     m: dict[str, Any] = {
         **{k: t[k] for k in TIMING},
+        "ttft_by_prompt_tokens": t["ttft_by_prompt_tokens"],
         # From storage over the whole run per token processed (prompt + generated): page-cache
         # hits are free, so cold and warm differ. The engine's own decode-phase demand follows.
         "bytes_read_per_token": (prefill.disk + decode.disk) / (t["prefill_tokens"] + t["tokens"]),
@@ -146,7 +147,9 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for key in samples[0]:
         vals = [s[key] for s in samples]
         raw[key] = vals
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+        if all(isinstance(v, dict) for v in vals):  # e.g. ttft_by_prompt_tokens: per key
+            out[key] = {k: float(np.median([v[k] for v in vals])) for k in vals[0]}
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
             med = float(np.median(vals))
             out[key] = int(med) if all(isinstance(v, int) for v in vals) else med
             spread[key] = (max(vals) - min(vals)) / 2

@@ -51,6 +51,7 @@ def test_real_probe_end_to_end(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     assert done, [t.user_attrs.get("fail_reason") for t in study.trials]
     for t in done:
         assert t.user_attrs["decode_tok_s"] > 0 and "machine_id" in t.user_attrs
+        assert all(v > 0 for v in t.user_attrs["ttft_by_prompt_tokens"].values())
     assert "noise_floor" in study.user_attrs and "machine" in study.user_attrs
     # Variants are built in this machine's cache dir (tests: conftest's), not by the study.
     assert (load_study_file(p).cache_dir / "stores").is_dir()

@@ -16,8 +16,8 @@ Each row runs cold (the store evicted from the page cache) in a fresh child proc
 the store's page-cache pages every 0.5 s from outside the process and reports the peak.
 Rows: the engine's defaults, and a streaming config (direct I/O, next-layer prefetch, 8 I/O
 threads, cache up to the budget). Prints `key: value` lines: memory peak / budget, decode tok/s,
-bytes read per token, hit rate, and the disk roofline (random-read bandwidth / bytes read per
-token) with the ratio to it.
+bytes read per token, hit rate, and the disk roofline (random-read bandwidth / bytes a decode
+step reads) with the ratio to it.
 """
 
 from __future__ import annotations
@@ -187,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}_ttft_s: {r['ttft_s']:.1f}")
             print(f"{name}_bytes_read_per_token: {r['bytes_read_per_token']:.0f}")
             print(f"{name}_cache_hit_rate: {r['cache_hit_rate']:.3f}")
-            roof = disk * 1e9 / max(r["bytes_read_per_token"], 1)
-            print(f"{name}_disk_roofline_tok_s: {roof:.3f}  (ratio {r['decode_tok_s'] / roof:.2f})")
+            step = r["decode_bytes_read_per_token"]
+            roof = disk * 1e9 / max(step, 1)
+            print(
+                f"{name}_disk_roofline_tok_s: {roof:.3f}  (ratio {r['decode_tok_s'] / roof:.2f}; "
+                f"a decode step reads {step / 1e6:.0f} MB)"
+            )
             print(f"{name}_wall_s: {r['wall_s']:.0f}")
     return 0
 

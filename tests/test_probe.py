@@ -53,6 +53,7 @@ def test_probe_json_has_every_metric_with_sane_values(
     ):
         assert 0.0 <= out[key] <= 1.0, key
     assert out["memory_bytes"] >= out["peak_rss_bytes"] > 0
+    assert out["decode_bytes_read_per_token"] >= 0
     assert out["decode_tok_s"] > 0 and out["ttft_s"] > 0
     assert out["cold"] is True and out["repeats"] == 2
     suite = _suite(store)
@@ -155,6 +156,13 @@ def test_cold_and_warm_differ_in_bytes_read_for_buffered_io(
         assert cold["bytes_read_per_token"] > warm["bytes_read_per_token"]
         # The engine asked for the same bytes either way; only where they came from differs.
         assert cold["bytes_requested_per_token"] == warm["bytes_requested_per_token"]
+        # Direct I/O bypasses the page cache: a decode step fetches from storage exactly what
+        # the engine asked for (the prompt's reads are not in this figure).
+        direct = probe(store, cfg.replace(io_mode="direct"), _suite(store), cold=False)
+        assert direct["decode_bytes_read_per_token"] > 0
+        assert direct["decode_bytes_read_per_token"] == pytest.approx(
+            direct["bytes_requested_per_token"], rel=0.02
+        )
     finally:
         shutil.rmtree(dst, ignore_errors=True)
 

@@ -123,6 +123,9 @@ def measure_once(
         # hits are free, so cold and warm differ. The engine's own decode-phase demand follows.
         "bytes_read_per_token": (prefill.disk + decode.disk) / (t["prefill_tokens"] + t["tokens"]),
         "bytes_requested_per_token": decode.bytes / decode_steps if decode_steps else 0.0,
+        # What a decode step fetched from storage: the figure a disk-bound decode divides into
+        # the disk's bandwidth (bytes_read_per_token spreads the prompts' reads over them too).
+        "decode_bytes_read_per_token": decode.disk / decode_steps if decode_steps else 0.0,
         "cache_hit_rate": decode.cache_hit_rate,
         "prefetch_precision": decode.prefetch_precision,
         "prefetch_recall": decode.prefetch_recall,

@@ -123,7 +123,7 @@ class BlockRouter:
             s = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False) @ np.asarray(weight).T
         else:
             xm = mx.array(x) if isinstance(x, np.ndarray) else x
-            out = gate(xm) if self.linear else xm @ gate["weight"].T
+            out = gate(xm) if weight is None else xm @ weight.T
             s = np.array(out.astype(mx.float32)).reshape(-1, out.shape[-1])
         if self._bias_of is not None:
             if self._bias is None:  # read once, after the weights are loaded

@@ -1,20 +1,28 @@
 """ExpertArena: every expert the CPU kernels compute with lives in one slot of one array.
 
 A slot holds one expert's gate/up/down matrices in the kernels' layout (engine.kernels), made
-from the store's bytes once per load (`prepare`, in a reader thread; `place` copies it in).
-One array for all of them lets a single kernel call compute a layer's experts across threads,
-and lets the cache hand over a slot id instead of copying: a miss is loaded into a free slot,
-computed, then given to the cache (or freed).
+from the store's bytes once per load (`load`, in the reader thread that read them: repacking
+overlaps compute and other reads, and the bytes land in their slot with no copy on the
+model's thread). One array for all of them lets a single kernel call compute a layer's experts
+across threads, and lets the cache hand over a slot id instead of copying: a miss is loaded
+into a free slot, computed, then given to the cache (or freed).
 
-Slots: `cache_slots` the cache may own + `work_slots` for the layer being computed, so a free
-slot always exists for every expert of a group. The arena is an anonymous mapping: untouched
-slots cost no RAM, and `drop_free` hands the pages of free slots back to the OS (what a memory
-budget that shrinks the cache needs: a freed numpy buffer would stay in RSS).
+Slots: `cache_slots` the cache may own + `work_slots` for the layer being computed + the
+`staging_slots` that prefetch guesses fill ahead of their layer. Guesses hold at most
+`staging_slots` at a time (a guess's slot is the group's once its layer takes it), so a free
+slot always exists for every expert of a group; a guess that finds none is repacked into its
+own buffer and copied into a slot when its layer takes it (`slot_of`, the model's thread).
+The arena is an anonymous mapping: untouched slots cost no RAM, and `drop_free` hands the
+pages of free slots back to the OS (what a memory budget that shrinks the cache needs: a freed
+numpy buffer would stay in RSS). Slots are taken and given back from reader threads and the
+model's thread alike, under one lock.
 """
 
 from __future__ import annotations
 
 import mmap
+import threading
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -82,12 +90,15 @@ def _floats(raw: np.ndarray, t: TensorSpec) -> np.ndarray:
 
 
 class ExpertArena:
-    def __init__(self, store: Store, cache_slots: int, work_slots: int) -> None:
+    def __init__(
+        self, store: Store, cache_slots: int, work_slots: int, staging_slots: int = 0
+    ) -> None:
         self.store = store
         self.mats = expert_layout(store)[0]
         self.slot_bytes = slot_bytes(store)
         self.cache_slots, self.work_slots = cache_slots, work_slots
-        n = cache_slots + work_slots
+        self.staging_slots = staging_slots
+        n = cache_slots + work_slots + staging_slots
         # Pages are faulted in lazily: RSS grows only with the slots actually used.
         try:
             self._map = mmap.mmap(-1, max(n * self.slot_bytes, mmap.PAGESIZE))
@@ -99,6 +110,8 @@ class ExpertArena:
         self.data = np.frombuffer(self._map, np.uint8)[: n * self.slot_bytes]
         self.data = self.data.reshape(n, self.slot_bytes)
         self._free = list(range(n - 1, -1, -1))
+        self._staged: set[int] = set()  # slots guesses hold, not yet taken by their layer
+        self._lock = threading.Lock()
         self._specs = {t.name: t for t in store.expert_tensors}
 
     @property
@@ -106,28 +119,66 @@ class ExpertArena:
         return len(self._free)
 
     def alloc(self) -> int:
-        if not self._free:  # unreachable while the cache holds <= cache_slots (accounting bug)
-            raise RuntimeError("expert arena: no free slot")
-        return self._free.pop()
+        with self._lock:
+            if not self._free:  # unreachable while the cache holds <= cache_slots
+                raise RuntimeError("expert arena: no free slot")
+            return self._free.pop()
+
+    def _alloc_staged(self) -> int | None:
+        with self._lock:
+            if not self._free or len(self._staged) >= self.staging_slots:
+                return None
+            slot = self._free.pop()
+            self._staged.add(slot)
+            return slot
 
     def free(self, slot: int) -> None:
-        self._free.append(slot)
+        with self._lock:
+            self._staged.discard(slot)
+            self._free.append(slot)
+
+    def release(self, loaded: Any) -> None:
+        """Give back what `load` returned for an expert no one will compute with."""
+        if isinstance(loaded, int):
+            self.free(loaded)
+
+    def release_read(self, fut: Future) -> None:
+        """Done-callback of a read no one will take (a dropped guess, a failed group's rest):
+        gives back the slot its `load` filled."""
+        if not fut.cancelled() and fut.exception() is None:
+            self.release(fut.result())
 
     def drop_free(self) -> None:
         """Return the RAM of every free slot to the OS (its bytes read as zeros afterwards)."""
-        for slot in self._free:
-            self._map.madvise(mmap.MADV_DONTNEED, slot * self.slot_bytes, self.slot_bytes)
+        with self._lock:  # a slot being filled is never in the list, nor taken mid-madvise
+            for slot in self._free:
+                self._map.madvise(mmap.MADV_DONTNEED, slot * self.slot_bytes, self.slot_bytes)
 
-    def prepare(self, raw: np.ndarray) -> np.ndarray:
-        """An expert's bytes as stored -> a new buffer in kernel layout (what `place` copies
-        into a slot): run by the reader threads, so repacking overlaps compute and other
-        reads instead of stalling the layer that missed."""
-        buf = np.empty(self.slot_bytes, np.uint8)
-        self.fill(buf, raw)
-        return buf
+    def load(self, raw: np.ndarray, speculative: bool = False) -> int | np.ndarray:
+        """An expert's bytes as stored -> kernel layout, in a free slot (returns its id), or in
+        a new buffer when a guess may take none (`slot_of` copies it in later). Run by the
+        reader threads."""
+        slot = self._alloc_staged() if speculative else self.alloc()
+        if slot is None:
+            buf = np.zeros(self.slot_bytes, np.uint8)  # padding as in an unused slot
+            self.fill(buf, raw)
+            return buf
+        try:
+            self.fill(self.data[slot], raw)
+        except BaseException:
+            self.free(slot)
+            raise
+        return slot
 
-    def place(self, slot: int, prepared: np.ndarray) -> None:
-        self.data[slot][:] = prepared
+    def slot_of(self, loaded: int | np.ndarray) -> int:
+        """The slot holding what `load` returned, now the layer's (placed now if a buffer)."""
+        if isinstance(loaded, int):
+            with self._lock:
+                self._staged.discard(loaded)
+            return loaded
+        slot = self.alloc()
+        self.data[slot][:] = loaded
+        return slot
 
     def fill(self, dst: np.ndarray, raw: np.ndarray) -> None:
         st = self.store

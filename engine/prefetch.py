@@ -56,6 +56,9 @@ class Prefetcher:
     routers: dict[int, Router]  # MoE layer -> its router (for next_layer)
     submit: Callable[[int, int], Future]  # background read of (layer, expert)
     is_cached: Callable[[Key], bool]
+    # Done-callback for a guess dropped after its read finished: gives back what the read
+    # holds (an arena slot on the CPU path).
+    drop: Callable[[Future], None] = lambda _fut: None
     stats: PrefetchStats = field(default_factory=PrefetchStats)
     _staged: dict[Key, Future] = field(default_factory=dict)
     _predicted: dict[int, set[int]] = field(default_factory=dict)
@@ -88,9 +91,13 @@ class Prefetcher:
                 handed[key[1]] = fut
                 self.stats.consumed += 1
             else:
-                fut.cancel()
+                self._discard(fut)
                 self.stats.wasted += 1
         return handed
+
+    def _discard(self, fut: Future) -> None:
+        if not fut.cancel():  # already read: its slot goes back once it is done
+            fut.add_done_callback(self.drop)
 
     def after_fetch(self, layer: int, x: Hidden) -> None:
         """Predict and start reads for the next `depth` MoE layers, given layer's input x (T, D)."""
@@ -126,7 +133,7 @@ class Prefetcher:
     def drain(self) -> None:
         """Drop every staged read (end of a run); waits for none of them."""
         for fut in self._staged.values():
-            fut.cancel()
+            self._discard(fut)
         self.stats.wasted += len(self._staged)
         self._staged.clear()
         self._predicted.clear()

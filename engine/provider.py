@@ -105,19 +105,23 @@ class ExpertProvider:
         assert arena is not None, "fetch_slots needs an arena (CPU compute path)"
         t0 = time.perf_counter()
         slots: list[Any] = [None] * len(experts)
+        pending = self._lookup(layer, experts, x, slots, layer_experts)
+        taken = 0  # reads whose result is in the group's slots
         try:
-            for i, e, fut in self._lookup(layer, experts, x, slots, layer_experts):
+            for i, e, fut in pending:
                 tw = time.perf_counter()
-                raw = fut.result()
+                loaded = fut.result()  # a slot the reader filled (arena.load), or a buffer
                 self.stats.read_wait_s += time.perf_counter() - tw
-                slot = arena.alloc()
+                slot = arena.slot_of(loaded)
                 self._fresh.append(((layer, e), slot))
-                arena.place(slot, raw)  # the reader already repacked it (arena.prepare)
                 slots[i] = slot
+                taken += 1
         except BaseException:
             for _, slot in self._fresh:  # a failed read must not leak the group's slots
                 arena.free(slot)
             self._fresh.clear()
+            for _, _, fut in pending[taken + 1 :]:  # nor the group's reads still to come
+                fut.add_done_callback(arena.release_read)
             raise
         self.stats.stall_s += time.perf_counter() - t0
         return np.array(slots, np.int64)

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,8 @@ class ExpertReader:
         io_threads: int = 4,
         page_budget: PageCacheBudget | None = None,
         verify: bool = True,
-        post: Callable[[np.ndarray], Any] | None = None,
+        post: Callable[[np.ndarray, bool], Any] | None = None,
+        discard: Callable[[Any], None] | None = None,
     ) -> None:
         if io_mode not in IO_MODES:
             raise ValueError(f"io_mode must be one of {IO_MODES}, got {io_mode!r}")
@@ -74,6 +75,8 @@ class ExpertReader:
         # Applied to a submitted read's checked bytes in the reader thread that finished it
         # (the CPU path repacks there, in parallel with compute); the future yields its result.
         self.post = post
+        # Undoes `post` for a result no one will take (its future was cancelled meanwhile).
+        self.discard = discard
         # Demand reads (priority 0) before prefetch guesses (1): see prio_pool.py.
         self._pool = PriorityPool(io_threads, name="expert-io")
         self._fds: dict[int, int] = {}
@@ -98,6 +101,7 @@ class ExpertReader:
                 raise ReadError(f"reader is closed; cannot read layer {layer} expert {expert}")
             req = self._plan(layer, expert)
             req.future = fut
+            req.speculative = speculative
             req.left = len(req.chunks)
             req.t0 = time.perf_counter()
             for i in range(len(req.chunks)):
@@ -279,7 +283,15 @@ class ExpertReader:
                 with self._stat_lock:
                     self.submit_seconds += time.perf_counter() - req.t0
                 data = req.buf[: req.loc.nbytes]
-                fut.set_result(data if self.post is None else self.post(data))
+                if self.post is None:
+                    fut.set_result(data)
+                    return
+                out = self.post(data, req.speculative)
+                try:
+                    fut.set_result(out)
+                except InvalidStateError:  # cancelled while `post` ran: give back what it took
+                    if self.discard is not None:
+                        self.discard(out)
             except BaseException as e:
                 _fail(fut, e)
 

@@ -35,6 +35,7 @@ class Request:
         "lock",
         "path",
         "ran",
+        "speculative",
         "t0",
     )
 
@@ -51,6 +52,7 @@ class Request:
         self.error: BaseException | None = None
         self.lock = threading.Lock()
         self.ran = False  # a chunk touched the file (a cancelled request skips the rest)
+        self.speculative = False  # a prefetch guess (the reader's `post` may treat it apart)
         self.t0 = 0.0
 
 

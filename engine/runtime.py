@@ -141,9 +141,14 @@ class Engine:
             else None
         )
         # CPU path: experts live in arena slots; the cache owns some, the layer being computed
-        # borrows up to top_k more (a prompt's experts go through in groups of that size).
+        # borrows up to top_k more (a prompt's experts go through in groups of that size), and
+        # prefetch guesses fill theirs ahead of the layer.
         self.arena = (
-            ExpertArena(self.store, self._cache_slots(cache_bytes), self.top_k) if cpu else None
+            ExpertArena(
+                self.store, self._cache_slots(cache_bytes), self.top_k, self.staging_experts
+            )
+            if cpu
+            else None
         )
         self.reader = ExpertReader(
             self.store,
@@ -151,7 +156,8 @@ class Engine:
             config.read_chunk_bytes,
             config.io_threads,
             page_budget=self.page_budget,
-            post=self.arena.prepare if self.arena is not None else None,
+            post=self.arena.load if self.arena is not None else None,
+            discard=self.arena.release if self.arena is not None else None,
         )
         self.cache = ExpertCache(
             cache_bytes,
@@ -171,6 +177,7 @@ class Engine:
                 routers=routers(self.model, self.family),
                 submit=functools.partial(self.reader.submit, speculative=True),
                 is_cached=self.cache.__contains__,
+                drop=self.arena.release_read if self.arena is not None else lambda _f: None,
             )
             if config.prefetch != "none"
             else None
@@ -209,17 +216,23 @@ class Engine:
         return data
 
     @functools.cached_property
-    def working_bytes(self) -> int:
-        """RAM a step needs beyond the cache: a layer's experts in their slots, plus reads in
-        flight (each staged or demand read holds its repacked copy until placed, and each
-        reader thread one expert's raw bytes)."""
+    def staging_experts(self) -> int:
+        """Prefetch guesses read ahead of their layer at a time: depth x width."""
         cfg = self.config
-        staging = (
-            cfg.prefetch_depth * (cfg.prefetch_width or self.top_k) if cfg.prefetch != "none" else 0
-        )
-        in_flight = (self.top_k + staging) * self.entry_bytes
-        in_flight += min(cfg.io_threads, self.top_k + staging) * self.store.expert_span
-        return self.top_k * self.entry_bytes + in_flight
+        if cfg.prefetch == "none":
+            return 0
+        return cfg.prefetch_depth * (cfg.prefetch_width or self.top_k)
+
+    @functools.cached_property
+    def working_bytes(self) -> int:
+        """RAM a step needs beyond the cache: a layer's experts and the staged guesses, each
+        in its repacked form (an arena slot on the CPU path: the reader repacks into it), plus
+        each reader thread one expert's raw bytes."""
+        cfg = self.config
+        held = self.top_k + self.staging_experts
+        extra = 0 if self.arena_used else self.top_k  # MLX path: decoded copies + their reads
+        raw = min(cfg.io_threads, held) * self.store.expert_span
+        return (held + extra) * self.entry_bytes + raw
 
     def _budget(self) -> tuple[int, int | None]:
         """(engine cache bytes, page-cache allowance) under the memory budget; sets

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -281,6 +282,32 @@ def test_cancelled_submit_reads_nothing(store: FakeStore) -> None:
         assert cancelled
         assert kept.result(timeout=30).tobytes() == store.data[(0, 2)]
         assert r.reads == 1 and r.bytes_read == NBYTES
+
+
+def test_post_result_of_a_read_cancelled_meanwhile_is_discarded(store: FakeStore) -> None:
+    # `post` takes something (an arena slot on the CPU path); if the guess is dropped while it
+    # runs, the future cannot carry the result, so `discard` must get it back.
+    started, proceed = threading.Event(), threading.Event()
+    seen: list[tuple[bool, str]] = []
+
+    def post(data: np.ndarray, speculative: bool) -> str:
+        seen.append((speculative, "post"))
+        started.set()
+        proceed.wait(30)
+        return "slot-7"
+
+    with ExpertReader(store, "buffered", io_threads=1, post=post, discard=seen.append) as r:
+        fut = r.submit(0, 1, speculative=True)
+        assert started.wait(30)
+        assert fut.cancel()  # still pending: post has not returned
+        proceed.set()
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [(True, "post"), "slot-7"]
+        kept = r.submit(0, 2)  # a demand read: post sees speculative=False, result delivered
+        proceed.set()
+        assert kept.result(timeout=30) == "slot-7" and seen[-1] == (False, "post")
 
 
 def test_demand_reads_run_before_queued_prefetch_reads() -> None:

@@ -91,11 +91,12 @@ class Prefetcher:
                 handed[key[1]] = fut
                 self.stats.consumed += 1
             else:
-                self._discard(fut)
+                self.discard(fut)
                 self.stats.wasted += 1
         return handed
 
-    def _discard(self, fut: Future) -> None:
+    def discard(self, fut: Future) -> None:
+        """Drop one staged read: cancelled if still queued, else given back when done."""
         if not fut.cancel():  # already read: its slot goes back once it is done
             fut.add_done_callback(self.drop)
 
@@ -133,7 +134,7 @@ class Prefetcher:
     def drain(self) -> None:
         """Drop every staged read (end of a run); waits for none of them."""
         for fut in self._staged.values():
-            self._discard(fut)
+            self.discard(fut)
         self.stats.wasted += len(self._staged)
         self._staged.clear()
         self._predicted.clear()

@@ -74,6 +74,9 @@ class ExpertProvider:
         if layer_experts is not None:
             if self.tracer is not None:
                 self.tracer.on_fetch(layer, layer_experts, x)
+            if self.prefetcher is not None:
+                for fut in self._staged.values():  # handed over, then served by the cache
+                    self.prefetcher.discard(fut)
             self._staged = self.prefetcher.take(layer, layer_experts) if self.prefetcher else {}
         st = self.stats
         st.requests += len(experts)

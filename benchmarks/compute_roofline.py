@@ -149,6 +149,7 @@ def all_cached(store: Store, prompts: list[list[int]], tokens: int, warmup: int)
             "syncs_per_token": kc.syncs / passes,
             "sync_share": kc.sync_seconds / wall,
             "chained_layers": eng.chained_layers,
+            "host_attention_layers": eng.host_attention_layers,
             "layers": len(store.layers),
             "decode_tok_s": len(lat) / sum(lat),
             "ttft_s": statistics.median(ttfts),
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{tag}_host_syncs_per_token: {r['syncs_per_token']:.1f}  "
             f"({r['layers']} layers, {r['chained_layers']} host-chained: one sync each, "
-            "+ embedding and lm_head)"
+            f"{r['host_attention_layers']} of them with a decode step's attention on the host "
+            "too: none; + embedding and lm_head; prompts included)"
         )
         dense = r["kernel_share"] - r["expert_share"]
         print(

@@ -25,8 +25,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx_lm.models.cache import KVCache
 
 from engine.cpu_linear import HOST, CpuLinear
+from engine.host_attention import flush, host_attention
 from engine.host_moe import HostFn, host_block
 
 # decoder layer class -> the attribute of its feed-forward block, in mlx-lm's modules of these
@@ -56,6 +58,7 @@ class _Chain:
     def __init__(self, layer: nn.Module, ffn: HostFn) -> None:
         self.ffn = ffn
         self.norms = [_norm_of(layer[n]) for n in ("input_layernorm", "post_attention_layernorm")]
+        self.attn = host_attention(layer["self_attn"])  # a decode step's attention, or None
 
 
 def _chained_call(self: nn.Module, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
@@ -63,9 +66,14 @@ def _chained_call(self: nn.Module, x: mx.array, mask: Any = None, cache: Any = N
     b, seq, d = x.shape
     xn = HOST.to_host(x).reshape(-1, d)  # from the previous chained layer: no sync
     (w_in, eps_in), (w_post, eps_post) = ch.norms
-    a = HOST.from_host(rms_norm(xn, w_in, eps_in).reshape(b, seq, d))
-    r = self.self_attn(a, mask, cache)  # mlx-lm's attention; its o_proj is the layer's sync
-    h = xn + HOST.to_host(r).reshape(-1, d)
+    an = rms_norm(xn, w_in, eps_in)
+    if ch.attn is not None and b * seq == 1 and type(cache) is KVCache and cache.keys is not None:
+        h = xn + ch.attn(an, cache)  # a decode step: no MLX call, no sync
+    else:
+        if cache is not None:
+            flush(cache)  # positions the host appended, before MLX attends over them
+        r = self.self_attn(HOST.from_host(an.reshape(b, seq, d)), mask, cache)
+        h = xn + HOST.to_host(r).reshape(-1, d)  # its o_proj is the layer's sync
     out = h + ch.ffn(rms_norm(h, w_post, eps_post))
     return HOST.from_host(out.reshape(b, seq, d))
 
@@ -109,15 +117,17 @@ def _chainable(layer: nn.Module) -> HostFn | None:
     return host_block(ffn)
 
 
-def chain_layers(model: nn.Module) -> int:
+def chain_layers(model: nn.Module) -> tuple[int, int]:
     """Make every chainable decoder layer of `model` compute on the host between its syncs
-    (in place, after its experts are bound to the CPU kernels). Returns how many were chained."""
-    n = 0
+    (in place, after its experts are bound to the CPU kernels). Returns how many were chained,
+    and of those how many run a decode step's attention on the host too (no sync at all)."""
+    n = attn = 0
     for _, layer in model.named_modules():
         ffn = _chainable(layer)
         if ffn is None:
             continue
         layer._chain = _Chain(layer, ffn)
+        attn += layer._chain.attn is not None
         layer.__class__ = _subclass(type(layer), _chained_call, "Chained")
         for _, m in layer["self_attn"].named_modules():
             if type(m) is nn.RMSNorm:  # e.g. MLA's q_a_layernorm, between two projections
@@ -125,4 +135,4 @@ def chain_layers(model: nn.Module) -> int:
                 object.__setattr__(m, "_host_norm", _norm_of(m))
                 m.__class__ = _subclass(nn.RMSNorm, _host_norm_call, "Host")
         n += 1
-    return n
+    return n, attn

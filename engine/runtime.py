@@ -194,7 +194,9 @@ class Engine:
         for block in streaming_blocks(self.model):
             block.bind(self.provider, dtype, arena=self.arena)
         # CPU path: layers whose math is plain pre-norm + softmax routing stay on the host
-        self.chained_layers = chain_layers(self.model) if cpu else 0
+        self.chained_layers, self.host_attention_layers = (
+            chain_layers(self.model) if cpu else (0, 0)
+        )
         self.cache_bytes = cache_bytes
         self._scan_due, self._scanned = 0.0, 0  # memory_bytes: the last page-cache scan
 

@@ -106,7 +106,9 @@ def test_chained_layer_equals_mlx_lm_layer(packed_store: Callable[..., Store], f
             plain = type(layer).__mro__[1].__call__  # mlx-lm's own layer
             assert type(layer).__name__ == f"Chained{type(layer).__mro__[1].__name__}"
             caches = KVCache(), KVCache()
-            for step, t in enumerate((5, 1)):  # a prompt, then one decode step
+            # a prompt, decode steps (qwen3_moe: attention on the host, its KV mirrored), a
+            # second prompt chunk (MLX attends over the host's positions too), a decode step
+            for step, t in enumerate((5, 1, 1, 3, 1)):
                 x = mx.random.normal((1, t, d), key=mx.random.key(10 + step))
                 # deepseek_v3's model hands its MLA an array mask, the others a "causal" tag
                 mask = create_attention_mask(x, caches[0], return_array=family == "deepseek_v3")
@@ -128,8 +130,10 @@ def _syncs_per_decode_step(eng: Engine) -> float:
 def test_one_host_sync_per_layer(packed_store: Callable[..., Store], family: str) -> None:
     with _engine(packed_store(family, bits=4)) as eng:
         n_layers = len(eng.model.model.layers)
-        # one per layer (its attention output) + the embedding lookup + the lm_head's input
-        assert _syncs_per_decode_step(eng) == n_layers + 2
+        # one per layer (its attention output), none where a decode step's attention runs on
+        # the host too (qwen3_moe), + the embedding lookup + the lm_head's input
+        assert eng.host_attention_layers == (n_layers if family == "qwen3_moe" else 0)
+        assert _syncs_per_decode_step(eng) == n_layers - eng.host_attention_layers + 2
 
 
 def test_chained_layers_read_experts_per_token(packed_store: Callable[..., Store]) -> None:
@@ -150,7 +154,7 @@ def test_unchained_layers_keep_mlx_lms_call(packed_store: Callable[..., Store]) 
         mp.setattr("engine.host_moe.BLOCKS", {})
         from engine.cpu_chain import chain_layers
 
-        assert chain_layers(eng.model) == 0
+        assert chain_layers(eng.model) == (0, 0)
 
 
 @pytest.mark.parametrize("n_group", [1, 4])
@@ -171,3 +175,27 @@ def test_group_select_equals_mlx_lms(n_group: int) -> None:
         want = dict(zip(ref_i[t].tolist(), ref_w[t].tolist(), strict=True))
         assert got.keys() == want.keys()
         np.testing.assert_allclose([got[e] for e in want], list(want.values()), rtol=1e-6)
+
+
+def test_host_kv_mirror_grows_and_flushes_back() -> None:
+    from engine.host_attention import HostKV, flush
+
+    cache = KVCache()
+    k0 = mx.random.normal((1, 2, 3, 4), key=mx.random.key(0))
+    v0 = mx.random.normal((1, 2, 3, 4), key=mx.random.key(1))
+    cache.update_and_fetch(k0, v0)
+    hk = HostKV(np.array(k0[0]), np.array(v0[0]))
+    cache._host_kv = hk
+    rng = np.random.default_rng(0)
+    added = [(rng.standard_normal((2, 4)), rng.standard_normal((2, 4))) for _ in range(300)]
+    for k, v in added:  # past the first capacity (256): the mirror grows
+        hk.append(k.astype(np.float32), v.astype(np.float32))
+        cache.offset += 1
+    assert hk.n == 303 and hk.k.shape[1] >= 303
+    flush(cache)  # MLX's arrays get the 300 host positions
+    keys, vals = cache.keys_and_values()
+    assert cache.offset == 303 and keys.shape[2] == 303 and hk.in_mlx == 303
+    np.testing.assert_array_equal(np.array(keys[0, :, :3]), np.array(k0[0]))
+    want_k = np.stack([k for k, _ in added], axis=1).astype(np.float32)
+    np.testing.assert_array_equal(np.array(keys[0, :, 3:]), want_k)
+    np.testing.assert_array_equal(np.array(vals[0, :, 3:]), hk.v[:, 3:303])

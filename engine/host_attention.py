@@ -10,8 +10,8 @@ The KV cache stays mlx-lm's `KVCache` object (what generate() and mlx-lm's own l
 model): its keys and values are mirrored on the host once per prompt (`HostKV`, the one sync
 then), each host step appends to the mirror and advances `cache.offset`, and before MLX runs
 that layer's attention again (a prompt: T > 1) the mirror is written back, so MLX always sees
-every position. Mirrors mlx-lm's qwen3_moe `Attention` (the modules named in ATTENTION);
-floats differ from MLX's fused kernels by rounding only (tests/test_cpu_chain.py).
+every position. Mirrors the mlx-lm modules named in ATTENTION; floats differ from MLX's fused
+kernels by rounding only (tests/test_cpu_chain.py).
 """
 
 from __future__ import annotations
@@ -25,13 +25,40 @@ from mlx_lm.models.cache import KVCache
 
 from engine.cpu_linear import CpuLinear, SiblingLinear
 
-# mlx-lm attention classes whose decode step `HostAttention` computes.
-ATTENTION = {("mlx_lm.models.qwen3_moe", "Attention")}
+# mlx-lm attention classes whose decode step `HostAttention` computes: q/k/v projections
+# (biases allowed), optional q/k RMSNorm per head (qwen3_moe) or over the whole projection
+# (olmoe), plain RoPE (either pair layout), grouped-query softmax attention, o_proj.
+ATTENTION = {
+    ("mlx_lm.models.qwen3_moe", "Attention"),
+    ("mlx_lm.models.qwen2_moe", "Attention"),
+    ("mlx_lm.models.olmoe", "Attention"),
+    ("mlx_lm.models.mixtral", "MixtralAttention"),
+}
 
 
-def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+def _rms(x: np.ndarray, norm: tuple[np.ndarray, float] | None) -> np.ndarray:
+    """RMSNorm of each row of x (H, D) with weight (D,); x itself without a norm."""
+    if norm is None:
+        return x
+    w, eps = norm
     ms = np.einsum("hd,hd->h", x, x, dtype=np.float32)[:, None] / np.float32(x.shape[-1])
     return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * w
+
+
+def rope(x: np.ndarray, pos: int, inv_freq: np.ndarray, traditional: bool) -> np.ndarray:
+    """mx.fast.rope of x (H, D) at one position: the first 2 * len(inv_freq) dims rotated in
+    pairs (i, i + half), or (2i, 2i + 1) when traditional; the rest passed through."""
+    ang = np.float32(pos) * inv_freq
+    c, s = np.cos(ang), np.sin(ang)
+    n = 2 * inv_freq.size
+    if traditional:
+        x1, x2 = x[:, 0:n:2], x[:, 1:n:2]
+        out = np.empty_like(x)
+        out[:, 0:n:2], out[:, 1:n:2] = x1 * c - x2 * s, x1 * s + x2 * c
+        out[:, n:] = x[:, n:]
+        return out
+    x1, x2 = x[:, : n // 2], x[:, n // 2 : n]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s, x[:, n:]], axis=1)
 
 
 class HostKV:
@@ -89,36 +116,34 @@ class HostAttention:
         b = self.rows.bounds
         self.cuts = (b[q._index + 1], b[k._index + 1])  # q | k | v columns of the fused rows
         self.o: CpuLinear = attn["o_proj"]
-        self.h, self.h_kv = int(attn.n_heads), int(attn.n_kv_heads)
+        self.h, self.h_kv = _heads(attn)
         self.scale = np.float32(attn.scale)
+        # per head (qwen3_moe: weight of head_dim) or over the whole projection (olmoe)
         self.norms = [
-            (np.array(attn[n].weight.astype(mx.float32)), float(attn[n].eps))
+            (np.array(attn[n].weight.astype(mx.float32)), float(attn[n].eps)) if n in attn else None
             for n in ("q_norm", "k_norm")
         ]
-        rope = attn["rope"]
-        half = int(rope.dims) // 2
-        self.inv_freq = (float(rope.base) ** (-np.arange(0, half, dtype=np.float64) / half)).astype(
-            np.float32
-        )
+        r = attn["rope"]
+        half = int(r.dims) // 2
+        exps = np.arange(0, half, dtype=np.float64) / half
+        self.inv_freq = (float(r.base) ** -exps).astype(np.float32)
+        self.traditional = bool(r.traditional)
 
-    def _rope(self, x: np.ndarray, pos: int) -> np.ndarray:
-        ang = np.float32(pos) * self.inv_freq
-        c, s = np.cos(ang), np.sin(ang)
-        half = self.inv_freq.size
-        x1, x2 = x[:, :half], x[:, half : 2 * half]
-        return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s, x[:, 2 * half :]], axis=1)
+    def _qk(self, x: np.ndarray, heads: int, norm: tuple[np.ndarray, float] | None) -> np.ndarray:
+        if norm is not None and norm[0].size != x.size // heads:  # over the whole projection
+            return _rms(x.reshape(1, -1), norm).reshape(heads, -1)
+        return _rms(x.reshape(heads, -1), norm)
 
     def __call__(self, a: np.ndarray, cache: KVCache) -> np.ndarray:
         y = self.rows.fused.host(a)  # (1, q | k | v)
         c1, c2 = self.cuts
-        q = y[0, :c1].reshape(self.h, -1)
-        k = y[0, c1:c2].reshape(self.h_kv, -1)
         v = y[0, c2:].reshape(self.h_kv, -1)
-        (wq, eq), (wk, ek) = self.norms
         hk = _mirror(cache)
         pos = cache.offset
-        q = self._rope(_rms(q, wq, eq), pos)
-        k = self._rope(_rms(k, wk, ek), pos)
+        q = rope(self._qk(y[0, :c1], self.h, self.norms[0]), pos, self.inv_freq, self.traditional)
+        k = rope(
+            self._qk(y[0, c1:c2], self.h_kv, self.norms[1]), pos, self.inv_freq, self.traditional
+        )
         hk.append(k, v)
         cache.offset += 1
         g = self.h // self.h_kv  # query heads per key/value head
@@ -128,6 +153,13 @@ class HostAttention:
         p /= p.sum(axis=-1, keepdims=True)
         o = np.einsum("grn,gnd->grd", p, vals).reshape(1, -1)
         return self.o.host(np.ascontiguousarray(o, np.float32))
+
+
+def _heads(attn: nn.Module) -> tuple[int, int]:
+    """(query heads, key/value heads), by the names mlx-lm's modules use."""
+    h = getattr(attn, "n_heads", None) or attn.num_heads
+    kv = getattr(attn, "n_kv_heads", None) or attn.num_key_value_heads
+    return int(h), int(kv)
 
 
 def host_attention(attn: nn.Module) -> HostAttention | None:
@@ -143,7 +175,9 @@ def host_attention(attn: nn.Module) -> HostAttention | None:
         return None
     if [p._index for p in parts] != [0, 1, 2]:
         return None
-    rope = attn.get("rope")
-    if type(rope) is not nn.RoPE or rope.traditional or float(rope.scale) != 1.0:
+    r = attn.get("rope")
+    if type(r) is not nn.RoPE or float(r.scale) != 1.0:
+        return None  # scaled or YaRN-style RoPE: MLX's attention stays
+    if any(n in attn and not isinstance(attn[n], nn.RMSNorm) for n in ("q_norm", "k_norm")):
         return None
     return HostAttention(attn)

@@ -131,8 +131,8 @@ def test_one_host_sync_per_layer(packed_store: Callable[..., Store], family: str
     with _engine(packed_store(family, bits=4)) as eng:
         n_layers = len(eng.model.model.layers)
         # one per layer (its attention output), none where a decode step's attention runs on
-        # the host too (qwen3_moe), + the embedding lookup + the lm_head's input
-        assert eng.host_attention_layers == (n_layers if family == "qwen3_moe" else 0)
+        # the host too (all but deepseek_v3's MLA), + the embedding lookup + the lm_head's input
+        assert eng.host_attention_layers == (0 if family == "deepseek_v3" else n_layers)
         assert _syncs_per_decode_step(eng) == n_layers - eng.host_attention_layers + 2
 
 
@@ -199,3 +199,24 @@ def test_host_kv_mirror_grows_and_flushes_back() -> None:
     want_k = np.stack([k for k, _ in added], axis=1).astype(np.float32)
     np.testing.assert_array_equal(np.array(keys[0, :, 3:]), want_k)
     np.testing.assert_array_equal(np.array(vals[0, :, 3:]), hk.v[:, 3:303])
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("dims", [16, 12])
+def test_host_rope_equals_mlx_fast_rope(traditional: bool, dims: int) -> None:
+    from engine.host_attention import rope
+
+    x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    half = dims // 2
+    inv_freq = (10000.0 ** -(np.arange(half, dtype=np.float64) / half)).astype(np.float32)
+    for pos in (0, 7, 300):
+        want = mx.fast.rope(
+            mx.array(x)[None, :, None, :],
+            dims,
+            traditional=traditional,
+            base=10000.0,
+            scale=1.0,
+            offset=pos,
+        )
+        got = rope(x, pos, inv_freq, traditional)
+        np.testing.assert_allclose(got, np.array(want)[0, :, 0, :], rtol=0, atol=2e-5)

@@ -163,9 +163,18 @@ def all_cached(store: Store, prompts: list[list[int]], tokens: int, warmup: int)
 
 
 def resident(src: Path, prompt: list[int], tokens: int, warmup: int) -> float:
+    import gc
+
     model = load_reference(src)
-    generate(model, prompt, 4)
-    g = generate(model, prompt, tokens)
+    try:
+        generate(model, prompt, 4)
+        g = generate(model, prompt, tokens)
+    finally:
+        # The float32 model is ~2x the checkpoint (10 GB at 16 bits); MLX would keep its freed
+        # buffers cached, and the next store's rows measured beside them ran ~15% slower.
+        del model
+        gc.collect()
+        mx.clear_cache()
     lat = g.token_s[warmup:]
     return len(lat) / sum(lat)
 

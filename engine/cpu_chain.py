@@ -11,8 +11,10 @@ the layer runs here instead: MLX computes only the attention core (mlx-lm's own 
 norms, RoPE, KV cache, SDPA) and everything from o_proj to the next layer's q/k/v stays in
 numpy (norms, residuals, and the feed-forward block: engine.host_moe). The one sync is o_proj
 reading the attention output. Inside the attention, an RMSNorm between two projections (MLA's
-q_a_layernorm) also runs on the host, so DeepSeek-V3's attention has that one sync too.
-Layers of other classes, or whose parts are not all on the CPU kernels, keep mlx-lm's call.
+q_a_layernorm) also runs on the host, so DeepSeek-V3's attention has that one sync too. A
+decode step (one token) of the attention classes engine.host_attention mirrors runs on the
+host as well: then the layer makes no MLX call and no sync at all. Layers of other classes,
+or whose parts are not all on the CPU kernels, keep mlx-lm's call.
 
 The math mirrors mlx-lm's modules named in CHAINED and engine.host_moe.BLOCKS (checked by
 tests/test_cpu_chain.py against the unchained layer); floats differ only by summation order.
@@ -29,7 +31,7 @@ from mlx_lm.models.cache import KVCache
 
 from engine.cpu_linear import HOST, CpuLinear
 from engine.host_attention import flush, host_attention
-from engine.host_moe import HostFn, host_block
+from engine.host_moe import HostFn, host_block, rms_norm
 
 # decoder layer class -> the attribute of its feed-forward block, in mlx-lm's modules of these
 # names: the layers whose __call__ is the plain pre-norm form above.
@@ -40,12 +42,6 @@ CHAINED: dict[tuple[str, str], str] = {
     ("mlx_lm.models.qwen2_moe", "Qwen2MoeDecoderLayer"): "mlp",
     ("mlx_lm.models.deepseek_v3", "DeepseekV3DecoderLayer"): "mlp",
 }
-
-
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """nn.RMSNorm in float32: x (T, D) * rsqrt(mean(x^2) + eps) * weight (D,)."""
-    ms = np.einsum("td,td->t", x, x, dtype=np.float32)[:, None] / np.float32(x.shape[1])
-    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
 
 
 def _norm_of(n: nn.Module) -> tuple[np.ndarray, float]:

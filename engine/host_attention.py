@@ -24,6 +24,7 @@ import numpy as np
 from mlx_lm.models.cache import KVCache
 
 from engine.cpu_linear import CpuLinear, SiblingLinear
+from engine.host_moe import rms_norm
 
 # mlx-lm attention classes whose decode step `HostAttention` computes: q/k/v projections
 # (biases allowed), optional q/k RMSNorm per head (qwen3_moe) or over the whole projection
@@ -38,11 +39,7 @@ ATTENTION = {
 
 def _rms(x: np.ndarray, norm: tuple[np.ndarray, float] | None) -> np.ndarray:
     """RMSNorm of each row of x (H, D) with weight (D,); x itself without a norm."""
-    if norm is None:
-        return x
-    w, eps = norm
-    ms = np.einsum("hd,hd->h", x, x, dtype=np.float32)[:, None] / np.float32(x.shape[-1])
-    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * w
+    return x if norm is None else rms_norm(x, *norm)
 
 
 def rope(x: np.ndarray, pos: int, inv_freq: np.ndarray, traditional: bool) -> np.ndarray:

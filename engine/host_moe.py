@@ -31,6 +31,12 @@ HostFn = Any  # (T, D) float32 numpy -> (T, D) float32 numpy
 SOFTMAX_TOPK, TOPK_SOFTMAX = "softmax_topk", "topk_softmax"  # route()'s two kinds
 
 
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """nn.RMSNorm in float32: x (T, D) * rsqrt(mean(x^2) + eps) * weight (D,)."""
+    ms = np.einsum("td,td->t", x, x, dtype=np.float32)[:, None] / np.float32(x.shape[1])
+    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * weight
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)

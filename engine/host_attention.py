@@ -10,7 +10,8 @@ The KV cache stays mlx-lm's `KVCache` object (what generate() and mlx-lm's own l
 model): its keys and values are mirrored on the host once per prompt (`HostKV`, the one sync
 then), each host step appends to the mirror and advances `cache.offset`, and before MLX runs
 that layer's attention again (a prompt: T > 1) the mirror is written back, so MLX always sees
-every position. Mirrors the mlx-lm modules named in ATTENTION; floats differ from MLX's fused
+every position. The mirror doubles the KV cache's RAM (MLX's copy stays, for prompts): small
+beside the experts at the suite's lengths, and counted like any RSS by a memory budget. Mirrors the mlx-lm modules named in ATTENTION; floats differ from MLX's fused
 kernels by rounding only (tests/test_cpu_chain.py).
 """
 

@@ -11,8 +11,9 @@ model): its keys and values are mirrored on the host once per prompt (`HostKV`, 
 then), each host step appends to the mirror and advances `cache.offset`, and before MLX runs
 that layer's attention again (a prompt: T > 1) the mirror is written back, so MLX always sees
 every position. The mirror doubles the KV cache's RAM (MLX's copy stays, for prompts): small
-beside the experts at the suite's lengths, and counted like any RSS by a memory budget. Mirrors the mlx-lm modules named in ATTENTION; floats differ from MLX's fused
-kernels by rounding only (tests/test_cpu_chain.py).
+beside the experts at the suite's lengths, and counted like any RSS by a memory budget.
+Mirrors the mlx-lm modules named in ATTENTION; floats differ from MLX's fused kernels by
+rounding only (tests/test_cpu_chain.py).
 """
 
 from __future__ import annotations

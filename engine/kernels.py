@@ -323,11 +323,8 @@ def linear(buf: np.ndarray, m: np.ndarray, x: np.ndarray, out: np.ndarray) -> No
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def linear_serial(buf: np.ndarray, m: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     """`linear` on the calling thread, for matrices too small to hand out (SERIAL_BYTES)."""
-    o_dim = m[M_O]
     for t in range(x.shape[0]):
-        for r0 in range(0, o_dim, ROW_BLOCK):
-            r1 = min(r0 + ROW_BLOCK, o_dim)
-            _rows(buf, m, x[t], r0, r1, out[t, r0:r1])
+        _rows(buf, m, x[t], 0, m[M_O], out[t])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)

@@ -143,13 +143,8 @@ class Engine:
         # CPU path: experts live in arena slots; the cache owns some, the layer being computed
         # borrows up to top_k more (a prompt's experts go through in groups of that size), and
         # prefetch guesses fill theirs ahead of the layer.
-        self.arena = (
-            ExpertArena(
-                self.store, self._cache_slots(cache_bytes), self.top_k, self.staging_experts
-            )
-            if cpu
-            else None
-        )
+        slots = (self._cache_slots(cache_bytes), self.top_k, self.staging_experts)
+        self.arena = ExpertArena(self.store, *slots) if cpu else None
         self.reader = ExpertReader(
             self.store,
             config.io_mode,
@@ -167,12 +162,11 @@ class Engine:
             entry_bytes=self.entry_bytes,
             on_evict=(lambda _key, slot: self.arena.free(slot)) if self.arena else None,
         )
-        width = config.prefetch_width or self.top_k
         self.prefetcher = (
             Prefetcher(
                 mode=config.prefetch,
                 depth=config.prefetch_depth,
-                width=width,
+                width=config.prefetch_width or self.top_k,
                 moe_layers=self.store.moe_layers,
                 routers=routers(self.model, self.family),
                 submit=functools.partial(self.reader.submit, speculative=True),
@@ -193,7 +187,7 @@ class Engine:
         )
         for block in streaming_blocks(self.model):
             block.bind(self.provider, dtype, arena=self.arena)
-        # CPU path: layers whose math is plain pre-norm + softmax routing stay on the host
+        # CPU path: layers of the families engine.cpu_chain knows compute on the host
         self.chained_layers, self.host_attention_layers = (
             chain_layers(self.model) if cpu else (0, 0)
         )

@@ -191,9 +191,12 @@ def test_simulator_agrees_with_engine(traced) -> None:
     assert abs(sim["cache_hit_rate"] - measured["cache_hit_rate"]) <= 0.03
     assert abs(sim["prefetch_recall"] - measured["prefetch_recall"]) <= 0.03
     assert abs(sim["prefetch_precision"] - measured["prefetch_precision"]) <= 0.03
-    assert sim["bytes_read_per_token"] == pytest.approx(
-        measured["bytes_requested_per_token"], rel=0.05
-    )
+    # The engine's reads lie between the simulator's demand reads and demand + every guess
+    # issued: a guess still queued when its layer runs is cancelled unread, a race the
+    # simulator cannot replay (the faster the model, the more guesses it wins).
+    got = measured["bytes_requested_per_token"]
+    assert sim["demand_bytes_per_token"] <= got * 1.05
+    assert got <= sim["bytes_read_per_token"] * 1.05
     est = simulate(trace, cfg, rates=Rates(compute_s_per_token=0.01, disk_bytes_per_s=1e9))
     assert 0 < est["decode_tok_s_estimate"] <= 100
 

@@ -113,6 +113,8 @@ def simulate(
     per_token = span / decode_tokens if decode_tokens else 0.0
     out: dict[str, Any] = {
         "cache_hit_rate": hits / req if req else 0.0,
+        # demand reads + every guess issued: an upper bound, as the engine skips a guess
+        # still queued when its layer runs
         "bytes_read_per_token": (demand + pref) * per_token,
         "demand_bytes_per_token": demand * per_token,
         "prefetch_precision": correct / pred_n if pred_n else 0.0,

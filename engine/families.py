@@ -23,6 +23,7 @@ from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
 
 from engine.cpu_linear import HOST, CpuLinear
 from engine.errors import UnsupportedModel
+from engine.host_moe import sigmoid
 from engine.streaming import GLU_PROJECTIONS, MLP_PROJECTIONS, StreamingSwitchGLU
 
 # Modules that hold a layer's experts: mlx-lm's two stacked layers, and ours once swapped in.
@@ -128,7 +129,7 @@ class BlockRouter:
         if self._bias_of is not None:
             if self._bias is None:  # read once, after the weights are loaded
                 self._bias = np.array(self._bias_of.astype(mx.float32))
-            s = np.float32(1.0) / (np.float32(1.0) + np.exp(-s)) + self._bias
+            s = sigmoid(s) + self._bias
         return s[:, : self.num_experts]  # only real experts can be fetched
 
 

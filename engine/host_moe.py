@@ -42,7 +42,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.float32(1.0) / (np.float32(1.0) + np.exp(-z))
 
 
@@ -64,7 +64,7 @@ def route(kind: str, logits: np.ndarray, k: int, norm_topk: bool) -> tuple[np.nd
 def group_select(logits: np.ndarray, bias: np.ndarray, gate: Any) -> tuple[np.ndarray, np.ndarray]:
     """mlx-lm's deepseek_v3.group_expert_select in numpy; `gate` is the MoEGate (its top_k,
     n_group, topk_group, routed_scaling_factor, norm_topk_prob)."""
-    orig = _sigmoid(logits.astype(np.float32))
+    orig = sigmoid(logits.astype(np.float32))
     scores = orig + bias
     t, n_group = scores.shape[0], int(gate.n_group)
     drop = n_group - int(gate.topk_group)  # groups zeroed out
@@ -105,7 +105,7 @@ def _swiglu_mlp(mlp: nn.Module) -> HostFn | None:
 
     def call(x: np.ndarray) -> np.ndarray:
         gv, uv = gate_up(x)
-        return d.host(np.ascontiguousarray(gv * _sigmoid(gv) * uv))
+        return d.host(np.ascontiguousarray(gv * sigmoid(gv) * uv))
 
     return call
 
@@ -147,7 +147,7 @@ def _softmax_moe(block: nn.Module, kind: str) -> HostFn | None:
             return None
 
         def shared(h: np.ndarray) -> np.ndarray:
-            return _sigmoid(sgate.host(h)) * mlp(h)
+            return sigmoid(sgate.host(h)) * mlp(h)
 
     return _MoE(block, select, shared)
 
